@@ -1,0 +1,1 @@
+"""The broker's domain: config, token verification, claim mapping, vending. Never imports Flask."""

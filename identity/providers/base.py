@@ -1,0 +1,106 @@
+"""What an identity provider can do, as small capabilities that all end in a ``Principal``.
+
+A provider kind implements the capabilities its protocol has: ``TokenProvider`` for the
+mobile token exchange (``POST /v1/token``), ``RedirectProvider`` for a browser login
+through the OIDC authorization code flow, ``SamlProvider`` for SAML 2.0 Web SSO. Every
+method either returns a verified ``Principal`` or raises a ``BrokerError``:
+``InvalidToken`` for anything the user presented that does not verify, the ``Upstream*``
+errors when the provider itself cannot be asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+from identity.models import Principal
+
+
+@runtime_checkable
+class TokenProvider(Protocol):
+    """Verifies a token a client obtained from the provider itself.
+
+    ``accepts_id_token`` / ``accepts_access_token`` say which of the two methods is
+    supported; the other raises ``InvalidToken``. Implementations are built once at
+    start-up and are safe to call from many threads at once.
+    """
+
+    @property
+    def name(self) -> str:
+        """The provider's configured name (``providers[].name``)."""
+        ...
+
+    @property
+    def kind(self) -> str:
+        """The YAML ``kind`` it was built from."""
+        ...
+
+    @property
+    def accepts_id_token(self) -> bool: ...
+
+    @property
+    def accepts_access_token(self) -> bool: ...
+
+    def verify_id_token(self, id_token: str, *, nonce: str | None) -> Principal:
+        """Verify an OIDC id token (signature, ``iss``, ``aud``/``azp``, times and, when
+        given or required, ``nonce``) and return who it names; ``login_token`` is the token."""
+        ...
+
+    def verify_access_token(self, access_token: str) -> Principal:
+        """Verify an OAuth access token at the provider's inspection endpoint, check it
+        was issued to this app, and return who it names; ``login_token`` is the token."""
+        ...
+
+
+class RedirectProvider(Protocol):
+    """A browser login through the authorization code flow with PKCE.
+
+    The caller owns the transaction: it generates ``state``, ``nonce`` and the PKCE
+    ``code_verifier``, stores them bound to the browser, and checks ``state`` on the way
+    back before calling ``finish``.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def authorization_url(
+        self, *, redirect_uri: str, state: str, nonce: str, code_challenge: str
+    ) -> str:
+        """The URL to send the browser to (``code_challenge_method=S256``)."""
+        ...
+
+    def finish(
+        self,
+        *,
+        redirect_uri: str,
+        params: Mapping[str, str],
+        code_verifier: str,
+        nonce: str,
+    ) -> Principal:
+        """Exchange the ``code`` in the callback ``params`` for tokens, verify the id token
+        with the same checks as ``TokenProvider.verify_id_token`` and the stored ``nonce``,
+        and return the principal. An ``error`` parameter from the provider raises
+        ``AccessDenied``."""
+        ...
+
+
+class SamlProvider(Protocol):
+    """A SAML 2.0 service provider for one identity provider (SP-initiated by default)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def authorization_url(self, *, relay_state: str) -> tuple[str, str]:
+        """The IdP URL carrying a new AuthnRequest, and that request's id (to store for
+        the InResponseTo check)."""
+        ...
+
+    def finish(self, *, form: Mapping[str, str], request_id: str | None) -> Principal:
+        """Validate the posted ``SAMLResponse`` in strict mode (signed assertion,
+        audience, destination, times, ``InResponseTo == request_id``; ``None`` only when
+        IdP-initiated logins are allowed) and return the principal it asserts."""
+        ...
+
+    def metadata(self) -> str:
+        """The SP metadata XML."""
+        ...

@@ -1,0 +1,202 @@
+"""Credentials from an Amazon Cognito identity pool.
+
+* ``cognito`` (enhanced flow): the provider's own token goes to Cognito, which verifies
+  it and derives the principal tags from its claims through the pool's tag map.
+* ``cognito_developer`` (developer-authenticated identities): the broker vouches for the
+  user with the pool's developer provider name and sets the principal tags itself.
+
+Identity ids are cached in the store (GetId is throttled at 25 req/s per account);
+cache keys are hashes, so no subject or user id sits in the store's key space.
+Cognito always issues credentials for one hour, whatever the session has left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from identity.aws import AwsClients
+from identity.config import BrokerConfig, CognitoConfig
+from identity.errors import ConfigError, InternalError, ReauthenticationRequired, UpstreamError
+from identity.models import MappedUser, VendedCredentials
+from identity.store import Store
+from identity.vending.aws_errors import error_code, translate
+from identity.vending.base import VendRequest, as_utc
+
+__all__ = [
+    "COGNITO_LOGIN_KEY",
+    "IDENTITY_ID_TTL",
+    "CognitoDeveloperVendor",
+    "CognitoEnhancedVendor",
+    "identity_cache_key",
+]
+
+log = logging.getLogger("chime_broker.vending")
+
+SERVICE: Final = "cognito-identity"
+# The Logins key under which Cognito accepts its own OpenID tokens.
+COGNITO_LOGIN_KEY: Final = "cognito-identity.amazonaws.com"
+IDENTITY_ID_TTL: Final = 30 * 24 * 3600
+_CACHE_PREFIX: Final = "vend:cognito-identity:"
+_IDENTITY_GONE: Final = "ResourceNotFoundException"
+
+
+def identity_cache_key(mode: str, *parts: str) -> str:
+    """The store key for the identity id of ``parts`` (pool, login key, subject or user id)."""
+    digest = hashlib.sha256("\x00".join((mode, *parts)).encode("utf-8")).hexdigest()
+    return _CACHE_PREFIX + digest
+
+
+def _cognito(config: BrokerConfig, mode: str) -> CognitoConfig:
+    # the config check refuses a Cognito mode without aws.cognito; this narrows the type
+    if config.aws.cognito is None:
+        raise ConfigError([f"aws.cognito: required for exchange: {mode}"])
+    return config.aws.cognito
+
+
+class _CognitoCalls:
+    """The Cognito calls both modes make, with every failure translated."""
+
+    def __init__(self, config: BrokerConfig, clients: AwsClients, store: Store, mode: str) -> None:
+        self._pool = _cognito(config, mode).identity_pool_id
+        self._clients = clients
+        self._store = store
+
+    def _call(self, operation: str, **params: Any) -> Mapping[str, Any]:
+        # the client is looked up per call (a dict read) so that one installed later is used
+        client = self._clients.cognito_identity
+        try:
+            answer: Mapping[str, Any] = getattr(client, operation)(**params)
+        except (BotoCoreError, ClientError) as error:
+            raise translate(error, service=SERVICE) from error
+        return answer
+
+    def _cached_identity(self, key: str) -> str | None:
+        value = self._store.get(key)
+        return value.decode("utf-8") if value is not None else None
+
+    def _remember_identity(self, key: str, identity_id: str) -> None:
+        self._store.set(key, identity_id.encode("utf-8"), IDENTITY_ID_TTL)
+
+    def _forget_identity(self, key: str, identity_id: str, provider: str) -> None:
+        log.warning(
+            "cached Cognito identity no longer exists; resolving it again",
+            extra={"fields": {"provider": provider, "identity_id": identity_id}},
+        )
+        self._store.delete(key)
+
+    def _credentials(
+        self, identity_id: str, logins: Mapping[str, str], custom_role_arn: str | None = None
+    ) -> VendedCredentials:
+        params: dict[str, Any] = {"IdentityId": identity_id, "Logins": dict(logins)}
+        if custom_role_arn:
+            params["CustomRoleArn"] = custom_role_arn
+        answer = self._call("get_credentials_for_identity", **params)
+        credentials = answer["Credentials"]
+        return VendedCredentials(
+            access_key_id=credentials["AccessKeyId"],
+            secret_access_key=credentials["SecretKey"],
+            session_token=credentials["SessionToken"],
+            expiration=as_utc(credentials["Expiration"]),
+            identity_id=answer.get("IdentityId", identity_id),
+        )
+
+
+def _identity_gone(error: UpstreamError) -> bool:
+    return error_code(error.__cause__ or error) == _IDENTITY_GONE
+
+
+class CognitoEnhancedVendor(_CognitoCalls):
+    """``exchange: cognito``: GetId (cached per pool, Logins key and subject), then
+    GetCredentialsForIdentity with the provider's token and the provider's
+    ``custom_role_arn``. Cognito verifies the token itself and may answer
+    ``invalid_token``; a session without a usable token needs a new login."""
+
+    def __init__(self, config: BrokerConfig, clients: AwsClients, store: Store) -> None:
+        super().__init__(config, clients, store, "cognito")
+
+    def vend(self, request: VendRequest) -> VendedCredentials:
+        principal = request.principal
+        if principal.login_key is None:
+            raise InternalError(
+                log_detail=f"provider {request.provider.name!r} gave no Cognito Logins key"
+            )
+        if not principal.login_token:
+            raise ReauthenticationRequired(
+                "Amazon Cognito needs a current token from the identity provider; sign in again"
+            )
+        logins = {principal.login_key: principal.login_token}
+        key = identity_cache_key("cognito", self._pool, principal.login_key, principal.subject)
+        custom_role_arn = request.provider.custom_role_arn
+        cached = self._cached_identity(key)
+        if cached is None:
+            return self._credentials(self._get_id(key, logins, request), logins, custom_role_arn)
+        try:
+            return self._credentials(cached, logins, custom_role_arn)
+        except UpstreamError as error:
+            if not _identity_gone(error):
+                raise
+        self._forget_identity(key, cached, request.provider.name)
+        return self._credentials(self._get_id(key, logins, request), logins, custom_role_arn)
+
+    def _get_id(self, key: str, logins: Mapping[str, str], request: VendRequest) -> str:
+        answer = self._call("get_id", IdentityPoolId=self._pool, Logins=dict(logins))
+        identity_id: str = answer["IdentityId"]
+        self._remember_identity(key, identity_id)
+        log.info(
+            "Cognito identity resolved",
+            extra={"fields": {"provider": request.provider.name, "identity_id": identity_id}},
+        )
+        return identity_id
+
+
+class CognitoDeveloperVendor(_CognitoCalls):
+    """``exchange: cognito_developer``: GetOpenIdTokenForDeveloperIdentity with
+    Logins ``{developer_provider_name: user_id}`` and the user's tags as principal
+    tags (identity id cached per pool, developer provider and user id), then
+    GetCredentialsForIdentity with the returned Cognito token."""
+
+    def __init__(self, config: BrokerConfig, clients: AwsClients, store: Store) -> None:
+        super().__init__(config, clients, store, "cognito_developer")
+        cognito = _cognito(config, "cognito_developer")
+        if cognito.developer_provider_name is None:
+            raise ConfigError(
+                ["aws.cognito.developer_provider_name: required for exchange: cognito_developer"]
+            )
+        self._developer_provider = cognito.developer_provider_name
+        self._token_duration = cognito.token_duration
+
+    def vend(self, request: VendRequest) -> VendedCredentials:
+        user = request.user
+        key = identity_cache_key(
+            "cognito_developer", self._pool, self._developer_provider, user.user_id
+        )
+        cached = self._cached_identity(key)
+        if cached is None:
+            return self._vend(key, user, None)
+        try:
+            return self._vend(key, user, cached)
+        except UpstreamError as error:
+            if not _identity_gone(error):
+                raise
+        self._forget_identity(key, cached, request.provider.name)
+        return self._vend(key, user, None)
+
+    def _vend(self, key: str, user: MappedUser, identity_id: str | None) -> VendedCredentials:
+        params: dict[str, Any] = {
+            "IdentityPoolId": self._pool,
+            "Logins": {self._developer_provider: user.user_id},
+            "PrincipalTags": dict(user.tags),
+            "TokenDuration": self._token_duration,
+        }
+        if identity_id is not None:
+            params["IdentityId"] = identity_id
+        answer = self._call("get_open_id_token_for_developer_identity", **params)
+        resolved: str = answer["IdentityId"]
+        if resolved != identity_id:
+            self._remember_identity(key, resolved)
+        return self._credentials(resolved, {COGNITO_LOGIN_KEY: answer["Token"]})

@@ -1,0 +1,48 @@
+"""Liveness, readiness, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from identity.errors import StoreError, UpstreamUnavailable
+from service.runtime import runtime
+
+log = logging.getLogger("chime_broker.health")
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    rt = runtime()
+    try:
+        rt.store.ping()
+    except StoreError as e:
+        raise UpstreamUnavailable("the state store is unreachable", log_detail=str(e)) from e
+    checks: dict[str, Any] = {"config": "ok", "store": "ok"}
+    return jsonify(status="ready", checks=checks)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return runtime().metrics.exposition()
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    document = current_app.extensions.get("chime_broker_openapi")
+    if document is None:
+        document = resources.files("service").joinpath("openapi.json").read_bytes()
+        current_app.extensions["chime_broker_openapi"] = document
+    response = Response(document, mimetype="application/json")
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response

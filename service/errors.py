@@ -1,0 +1,90 @@
+"""The one mapping from failures to ``application/problem+json`` responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, g, json
+from werkzeug.exceptions import HTTPException
+
+from identity import errors
+
+log = logging.getLogger("chime_broker.errors")
+
+PROBLEM_JSON = "application/problem+json"
+
+_HTTP_CODES: dict[int, type[errors.BrokerError]] = {
+    400: errors.InvalidRequest,
+    401: errors.Unauthenticated,
+    403: errors.AccessDenied,
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    413: errors.PayloadTooLarge,
+    415: errors.UnsupportedMediaType,
+    429: errors.RateLimited,
+}
+
+
+def problem_body(error: errors.BrokerError) -> dict[str, Any]:
+    """The RFC 9457 body for ``error``; 500s say nothing but the request id."""
+    detail = error.detail if error.status != 500 else "see the request id in the broker's log"
+    return {
+        "type": "about:blank",
+        "title": error.title,
+        "status": error.status,
+        "detail": detail,
+        "code": error.code,
+        "request_id": g.get("request_id"),
+    }
+
+
+def problem_response(error: errors.BrokerError) -> Response:
+    response = Response(json.dumps(problem_body(error)), status=error.status, mimetype=PROBLEM_JSON)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _log(error: errors.BrokerError) -> None:
+    fields = {"code": error.code, "status": error.status}
+    if error.log_detail:
+        fields["reason"] = error.log_detail
+    level = logging.WARNING if error.status >= 500 else logging.INFO
+    log.log(level, "request refused: %s", error.detail, extra={"fields": fields})
+
+
+def init_app(app: Flask) -> None:
+    """Every error, the broker's and Flask's own, leaves as a problem document."""
+
+    @app.errorhandler(errors.BrokerError)
+    def broker_error(error: errors.BrokerError) -> Response:
+        _log(error)
+        return problem_response(error)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        cls = _HTTP_CODES.get(status, errors.InternalError)
+        detail = {
+            404: "no such resource",
+            405: "method not allowed on this resource",
+            413: "request body too large",
+            415: "unsupported content type",
+        }.get(status, error.description if status < 500 else None)
+        broker_error = cls(detail)
+        if cls is errors.InternalError:
+            broker_error.status = status if status >= 400 else 500
+        _log(broker_error)
+        response = problem_response(broker_error)
+        if status == 405:
+            allowed = error.get_response().headers.get("Allow")
+            if allowed:
+                response.headers["Allow"] = allowed
+        return response
+
+    @app.errorhandler(Exception)
+    def unhandled(error: Exception) -> Response:
+        log.error("unhandled %s", type(error).__name__, exc_info=error)
+        return problem_response(errors.InternalError())

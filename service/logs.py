@@ -1,0 +1,154 @@
+"""Structured JSON logs with a request id, and a redactor that keeps secrets out of them.
+
+Every record passes through :class:`Redactor`: the config's secret values, anything shaped
+like a JWT, a SAML document, an AWS key or an ``Authorization`` value is replaced before the
+record is formatted, whatever logger emitted it (ours, Werkzeug's, botocore's, gunicorn's).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_id", default=None
+)
+
+_PATTERNS = [
+    # compact JWS/JWE (id tokens, invites, developer OpenID tokens)
+    re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){0,2}"),
+    # AWS access key ids
+    re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b"),
+    # Authorization header values and bearer tokens
+    re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"),
+    # named secret fields in query strings, forms and JSON
+    re.compile(
+        r"(?i)(\"?(?:access_token|id_token|refresh_token|code_verifier|client_secret|"
+        r"secret_access_key|session_token|SessionToken|SecretKey|SecretAccessKey|Token|"
+        r"SAMLResponse|SAMLRequest|password|invite|code)\"?\s*[=:]\s*\"?)[^\"&\s,}]+"
+    ),
+    # base64 blobs long enough to be an assertion or a session token
+    re.compile(r"[A-Za-z0-9+/]{200,}={0,2}"),
+]
+REDACTED = "[redacted]"
+
+
+class Redactor(logging.Filter):
+    """Rewrites each record's message and arguments with secrets replaced."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets: list[str] = []
+        self.add_secrets(secrets)
+
+    def add_secrets(self, secrets: Iterable[str]) -> None:
+        for secret in secrets:
+            if secret and len(secret) >= 6 and secret not in self._secrets:
+                self._secrets.append(secret)
+        self._secrets.sort(key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        for pattern in _PATTERNS:
+            if pattern.groups:
+                text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+            else:
+                text = pattern.sub(REDACTED, text)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        record.msg = self.redact(message)
+        record.args = None
+        if record.exc_info:
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            record.fields = {
+                k: self.redact(v) if isinstance(v, str) else v for k, v in fields.items()
+            }
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id, extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = request_id_var.get()
+        if request_id:
+            entry["request_id"] = request_id
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+_REDACTOR = Redactor()
+
+
+def configure_logging(secrets: Iterable[str] = (), *, level: int = logging.INFO) -> Redactor:
+    """Send every logger's records through the redactor to one JSON handler on stderr.
+
+    Idempotent: called once per app, it only adds the new secrets.
+    """
+    _REDACTOR.add_secrets(secrets)
+    root = logging.getLogger()
+    if not any(getattr(h, "_chime_broker", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        handler.addFilter(_REDACTOR)
+        handler._chime_broker = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.setLevel(level)
+        for noisy in ("botocore", "urllib3", "boto3", "werkzeug"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    return _REDACTOR
+
+
+def redactor() -> Redactor:
+    """The process-wide redactor (tests add handlers with it)."""
+    return _REDACTOR
+
+
+def init_app(app: Flask) -> None:
+    """One structured line per request: method, route, status, duration, client address."""
+    from flask import Response, g, request
+
+    access = logging.getLogger("chime_broker.access")
+
+    @app.after_request
+    def log_request(response: Response) -> Response:
+        started = g.get("request_started")
+        fields: dict[str, Any] = {
+            "method": request.method,
+            "route": request.url_rule.rule if request.url_rule else None,
+            "status": response.status_code,
+            "client": request.remote_addr,
+            "scheme": request.scheme,
+        }
+        if started is not None:
+            fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        access.info("%s %s %s", request.method, request.path, response.status_code,
+                    extra={"fields": fields})
+        return response

@@ -1,0 +1,62 @@
+"""gunicorn, configured from the command line; the app is built in each worker after the
+fork, so AWS clients and store connections are never shared between processes."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+class BrokerServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, config_path: str, options: dict[str, Any]) -> None:
+        self.config_path = config_path
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from identity.config import load_config
+        from service import create_app
+
+        return create_app(load_config(self.config_path))
+
+
+def serve(
+    *,
+    config_path: str,
+    bind: str,
+    workers: int,
+    worker_class: str,
+    worker_connections: int,
+    threads: int,
+    timeout: int,
+) -> None:
+    options: dict[str, Any] = {
+        "bind": bind,
+        "workers": workers,
+        "worker_class": worker_class,
+        "timeout": timeout,
+        "graceful_timeout": 10,
+        "accesslog": None,
+        "child_exit": _child_exit,
+        "preload_app": False,
+    }
+    if worker_class == "gevent":
+        options["worker_connections"] = worker_connections
+    if worker_class == "gthread":
+        options["threads"] = threads
+    concurrency = worker_connections if worker_class == "gevent" else threads
+    os.environ["CHIME_BROKER_CONCURRENCY"] = str(concurrency if worker_class != "sync" else 1)
+    BrokerServer(config_path, options).run()

@@ -1,0 +1,28 @@
+"""Shared fixtures: real parts started on free loopback ports, each stopped by its fixture."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+pytest_plugins = [
+    "tests.fixtures.redis_server",
+    "tests.fixtures.moto_server",
+    "tests.fixtures.oidc_provider",
+    "tests.fakes",
+]
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port with no listener: connecting to it is refused."""
+    return free_port()

@@ -1,0 +1,535 @@
+"""The state store contract, run against every backend: memory, a SQLite file, a real Redis.
+
+Races run 16 threads in one process and, for the backends shared between processes
+(SQLite, Redis), several spawned processes that each open the store from its URL.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import queue
+import socket
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from identity.errors import StoreError
+from identity.store import MemoryStore, Store, open_store, validate_store_url
+
+THREADS = 16
+PROCESSES = 6
+# Short enough to keep the suite quick, long enough that a loaded machine still
+# performs the "before expiry" steps in time.
+SHORT_TTL = 0.25
+PAST_SHORT_TTL = 0.4
+
+
+def _sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return _sqlite_url(tmp_path / "state.db")
+    url: str = request.getfixturevalue("redis_url")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A backend that several processes can share."""
+    if request.param == "sqlite":
+        return _sqlite_url(tmp_path / "state.db")
+    url: str = request.getfixturevalue("redis_url")
+    return url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    opened = open_store(store_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_get_set_and_overwrite(store: Store) -> None:
+    assert store.get("greeting") is None
+    store.set("greeting", b"hello", 30)
+    assert store.get("greeting") == b"hello"
+    store.set("greeting", b"goodbye", 30)
+    assert store.get("greeting") == b"goodbye"
+
+
+def test_keys_are_independent(store: Store) -> None:
+    store.set("login:ab", b"1", 30)
+    store.set("login:abc", b"2", 30)
+    store.set("ключ/ü:*", b"3", 30)
+    assert store.get("login:a") is None
+    assert store.get("login:ab") == b"1"
+    assert store.get("login:abc") == b"2"
+    assert store.get("ключ/ü:*") == b"3"
+
+
+def test_delete(store: Store) -> None:
+    store.set("session", b"x", 30)
+    store.delete("session")
+    assert store.get("session") is None
+    store.delete("session")
+    store.delete("never-written")
+
+
+def test_binary_values_round_trip(store: Store) -> None:
+    every_byte = bytes(range(256))
+    store.set("bytes", every_byte, 30)
+    store.set("empty", b"", 30)
+    assert store.get("bytes") == every_byte
+    assert store.get("empty") == b""
+    assert store.set_if_absent("bytes-once", every_byte[::-1], 30)
+    assert store.get_and_delete("bytes-once") == every_byte[::-1]
+
+
+def test_large_value_round_trips(store: Store) -> None:
+    value = os.urandom(100 * 1024)
+    store.set("large", value, 30)
+    assert store.get("large") == value
+    assert store.get_and_delete("large") == value
+
+
+def test_ping_answers(store: Store) -> None:
+    store.ping()
+
+
+@pytest.mark.parametrize("ttl", [0, -1, -0.5, math.nan, math.inf, True])
+def test_invalid_ttl_is_rejected(store: Store, ttl: float) -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        store.set("k", b"v", ttl)
+    with pytest.raises(ValueError, match="ttl"):
+        store.set_if_absent("k", b"v", ttl)
+    with pytest.raises(ValueError, match="ttl"):
+        store.incr("k", ttl)
+    assert store.get("k") is None
+
+
+def test_non_bytes_value_is_rejected(store: Store) -> None:
+    with pytest.raises(TypeError):
+        store.set("k", "text", 30)  # type: ignore[arg-type]
+    assert store.get("k") is None
+
+
+# --------------------------------------------------------------------------- TTLs
+
+
+def test_expired_keys_are_absent_everywhere(store: Store) -> None:
+    for key in ("get", "take", "claim", "count"):
+        store.set(key, b"41", SHORT_TTL)
+    store.set("renewed", b"old", SHORT_TTL)
+    store.set("renewed", b"new", 30)
+    assert store.set_if_absent("first-claim", b"mine", SHORT_TTL)
+    assert not store.set_if_absent("first-claim", b"theirs", 30)
+    store.set("long", b"kept", 30)
+
+    time.sleep(PAST_SHORT_TTL)
+
+    assert store.get("get") is None
+    assert store.get_and_delete("take") is None
+    assert store.set_if_absent("claim", b"fresh", 30)
+    assert store.get("claim") == b"fresh"
+    assert store.incr("count", 30) == 1
+    # set replaces the TTL; a refused set_if_absent leaves the old one in place
+    assert store.get("renewed") == b"new"
+    assert store.get("first-claim") is None
+    assert store.get("long") == b"kept"
+
+
+def test_set_if_absent_has_one_winner_until_the_key_goes(store: Store) -> None:
+    assert store.set_if_absent("state", b"first", 30)
+    assert not store.set_if_absent("state", b"second", 30)
+    assert store.get("state") == b"first"
+    store.delete("state")
+    assert store.set_if_absent("state", b"third", 30)
+    assert store.get_and_delete("state") == b"third"
+    assert store.set_if_absent("state", b"fourth", 30)
+
+
+def test_get_and_delete_is_single_use(store: Store) -> None:
+    store.set("login-state", b"verifier", 30)
+    assert store.get_and_delete("login-state") == b"verifier"
+    assert store.get_and_delete("login-state") is None
+    assert store.get("login-state") is None
+    assert store.get_and_delete("never-written") is None
+
+
+def test_incr_counts_and_reads_back_as_digits(store: Store) -> None:
+    assert [store.incr("hits", 30) for _ in range(3)] == [1, 2, 3]
+    assert store.get("hits") == b"3"
+    assert store.incr("other", 30) == 1
+    store.set("preset", b"41", 30)
+    assert store.incr("preset", 30) == 42
+
+
+def test_incr_ttl_is_not_extended_by_increments(store: Store) -> None:
+    ttl = 0.6
+    assert store.incr("window", ttl) == 1
+    time.sleep(0.35)
+    assert store.incr("window", ttl) == 2
+    # 0.7 s after the counter was created: past its TTL even though the last
+    # increment was only 0.35 s ago
+    time.sleep(0.35)
+    assert store.get("window") is None
+    assert store.incr("window", ttl) == 1
+
+
+def test_incr_on_a_non_integer_raises_store_error(store: Store) -> None:
+    store.set("name", b"ada", 30)
+    with pytest.raises(StoreError):
+        store.incr("name", 30)
+    assert store.get("name") == b"ada"
+
+
+# --------------------------------------------------------------------------- thread races
+
+
+def _race_threads(action: Callable[[int], Any]) -> list[Any]:
+    """Run ``action(i)`` in THREADS threads released together; their results in order."""
+    start = threading.Barrier(THREADS)
+
+    def run(index: int) -> Any:
+        start.wait(timeout=30)
+        return action(index)
+
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        return list(pool.map(run, range(THREADS)))
+
+
+def _claim(store: Store, key: str, index: int) -> bool:
+    return store.set_if_absent(key, b"%d" % index, 30)
+
+
+def _take(store: Store, key: str, _index: int) -> bytes | None:
+    return store.get_and_delete(key)
+
+
+def test_set_if_absent_race_between_threads_has_one_winner(store: Store) -> None:
+    for round_ in range(5):
+        key = f"claim-{round_}"
+        won = _race_threads(partial(_claim, store, key))
+        assert won.count(True) == 1
+        assert store.get(key) == b"%d" % won.index(True)
+
+
+def test_get_and_delete_race_between_threads_has_one_taker(store: Store) -> None:
+    for round_ in range(5):
+        key = f"once-{round_}"
+        store.set(key, b"the-value", 30)
+        taken = _race_threads(partial(_take, store, key))
+        assert taken.count(b"the-value") == 1
+        assert taken.count(None) == THREADS - 1
+
+
+def test_incr_from_many_threads_counts_exactly(store: Store) -> None:
+    per_thread = 50
+    counts = _race_threads(lambda _i: [store.incr("total", 30) for _ in range(per_thread)])
+    seen = sorted(n for thread_counts in counts for n in thread_counts)
+    assert seen == list(range(1, THREADS * per_thread + 1))
+    assert store.get("total") == str(THREADS * per_thread).encode()
+
+
+# --------------------------------------------------------------------------- process races
+# Workers run in spawned processes: each opens the store from the URL itself.
+
+
+def _worker(
+    operation: str, url: str, key: str, index: int, start: Any, results: Any
+) -> None:
+    try:
+        store = open_store(url)
+        try:
+            start.wait(timeout=30)
+            if operation == "set_if_absent":
+                outcome: Any = store.set_if_absent(key, b"process-%d" % index, 30)
+            elif operation == "get_and_delete":
+                outcome = store.get_and_delete(key)
+            else:
+                outcome = [store.incr(key, 30) for _ in range(100)]
+        finally:
+            store.close()
+        results.put((index, outcome))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which fails the test
+        results.put((index, e))
+
+
+def _race_processes(operation: str, url: str, key: str) -> list[Any]:
+    """Run one operation in PROCESSES spawned processes released together."""
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(PROCESSES)
+    results = ctx.Queue()
+    processes = [
+        ctx.Process(target=_worker, args=(operation, url, key, i, start, results))
+        for i in range(PROCESSES)
+    ]
+    for process in processes:
+        process.start()
+    outcomes: dict[int, Any] = {}
+    try:
+        for _ in processes:
+            index, outcome = results.get(timeout=60)
+            outcomes[index] = outcome
+    except queue.Empty:
+        pytest.fail(f"only {len(outcomes)} of {PROCESSES} processes reported")
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    errors = [o for o in outcomes.values() if isinstance(o, BaseException)]
+    assert not errors, errors
+    assert all(process.exitcode == 0 for process in processes)
+    return [outcomes[i] for i in range(PROCESSES)]
+
+
+def test_set_if_absent_race_between_processes_has_one_winner(shared_store_url: str) -> None:
+    won = _race_processes("set_if_absent", shared_store_url, "claim")
+    assert won.count(True) == 1
+    store = open_store(shared_store_url)
+    try:
+        assert store.get("claim") == b"process-%d" % won.index(True)
+    finally:
+        store.close()
+
+
+def test_get_and_delete_race_between_processes_has_one_taker(shared_store_url: str) -> None:
+    store = open_store(shared_store_url)
+    try:
+        store.set("once", b"the-value", 30)
+        taken = _race_processes("get_and_delete", shared_store_url, "once")
+        assert taken.count(b"the-value") == 1
+        assert taken.count(None) == PROCESSES - 1
+        assert store.get("once") is None
+    finally:
+        store.close()
+
+
+def test_incr_from_many_processes_counts_exactly(shared_store_url: str) -> None:
+    counts = _race_processes("incr", shared_store_url, "total")
+    seen = sorted(n for process_counts in counts for n in process_counts)
+    assert seen == list(range(1, PROCESSES * 100 + 1))
+
+
+# --------------------------------------------------------------------------- sqlite
+
+
+def test_sqlite_file_is_in_wal_mode_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = open_store(_sqlite_url(path))
+    try:
+        store.set("k", b"v", 30)
+        with sqlite3.connect(path) as raw:
+            assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        store.close()
+
+
+def test_sqlite_relative_and_absolute_urls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "var").mkdir()
+    relative = open_store("sqlite:///var/relative.db")
+    absolute_url = "sqlite:///" + str(tmp_path / "absolute.db")
+    assert absolute_url.startswith("sqlite:////")
+    absolute = open_store(absolute_url)
+    try:
+        relative.set("where", b"relative", 30)
+        absolute.set("where", b"absolute", 30)
+        assert relative.get("where") == b"relative"
+        assert absolute.get("where") == b"absolute"
+        assert (tmp_path / "var" / "relative.db").is_file()
+        assert (tmp_path / "absolute.db").is_file()
+    finally:
+        relative.close()
+        absolute.close()
+
+
+def test_sqlite_stores_on_one_file_share_state(tmp_path: Path) -> None:
+    url = _sqlite_url(tmp_path / "state.db")
+    one, two = open_store(url), open_store(url)
+    try:
+        one.set("shared", b"yes", 30)
+        assert two.get_and_delete("shared") == b"yes"
+        assert one.get("shared") is None
+    finally:
+        one.close()
+        two.close()
+
+
+def test_sqlite_purges_expired_rows(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = open_store(_sqlite_url(path))
+    try:
+        for i in range(300):
+            store.set(f"old-{i}", b"x", 0.05)
+        time.sleep(0.1)
+        for i in range(300):
+            store.set(f"new-{i}", b"x", 30)
+        with sqlite3.connect(path) as raw:
+            (rows,) = raw.execute("SELECT count(*) FROM broker_state").fetchone()
+        assert rows < 600
+    finally:
+        store.close()
+
+
+def _open_files(path: Path) -> int:
+    """How many descriptors of this process point at ``path`` (Linux /proc)."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == os.path.realpath(path))
+
+
+def _incr_in_forked_child(store: Store, path: Path, results: Any) -> None:
+    try:
+        before = _open_files(path)
+        counts = [store.incr("forked", 30) for _ in range(100)]
+        results.put((counts, _open_files(path) - before))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which fails the test
+        results.put(e)
+
+
+def test_sqlite_store_keeps_working_across_fork(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = open_store(_sqlite_url(path))
+    try:
+        # The parent has a pooled connection before the fork; children must open their own.
+        assert store.incr("forked", 30) == 1
+        ctx = multiprocessing.get_context("fork")
+        results = ctx.Queue()
+        children = [
+            ctx.Process(target=_incr_in_forked_child, args=(store, path, results))
+            for _ in range(3)
+        ]
+        for child in children:
+            child.start()
+        parent_counts = [store.incr("forked", 30) for _ in range(100)]
+        reports = [results.get(timeout=60) for _ in children]
+        for child in children:
+            child.join(timeout=30)
+        assert not [r for r in reports if isinstance(r, BaseException)], reports
+        assert all(newly_opened > 0 for _, newly_opened in reports)
+        seen = sorted([1, *parent_counts, *(n for counts, _ in reports for n in counts)])
+        assert seen == list(range(1, 402))
+        assert store.get("forked") == b"401"
+    finally:
+        store.close()
+
+
+def test_sqlite_unopenable_path_raises_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError):
+        open_store(_sqlite_url(tmp_path / "missing-dir" / "state.db"))
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_memory_store_purges_expired_entries() -> None:
+    store = open_store("memory://")
+    assert isinstance(store, MemoryStore)
+    for i in range(5000):
+        store.set(f"old-{i}", b"x", 0.05)
+    time.sleep(0.1)
+    for i in range(5000):
+        store.set(f"new-{i}", b"x", 30)
+    assert len(store) < 10000
+    assert all(store.get(f"new-{i}") == b"x" for i in range(5000))
+
+
+# --------------------------------------------------------------------------- redis
+
+
+def test_redis_keys_carry_the_broker_prefix(redis_url: str) -> None:
+    store = open_store(redis_url)
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        store.set("session:1", b"v", 30)
+        store.incr("hits", 30)
+        assert sorted(raw.keys("*")) == [b"chime-broker:hits", b"chime-broker:session:1"]
+        assert 0 < raw.pttl("chime-broker:hits") <= 30_000
+    finally:
+        raw.close()
+        store.close()
+
+
+def test_unreachable_redis_raises_store_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # The port is closed again: nothing listens there.
+    store = open_store(f"redis://127.0.0.1:{port}/0")
+    try:
+        with pytest.raises(StoreError):
+            store.ping()
+        with pytest.raises(StoreError):
+            store.get("k")
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def test_unknown_scheme_is_a_value_error_naming_it() -> None:
+    with pytest.raises(ValueError, match="'postgres'"):
+        open_store("postgres://db.example/state")
+    with pytest.raises(ValueError, match="scheme"):
+        open_store("/var/lib/state.db")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "memory://extra",
+        "sqlite://host/state.db",
+        "sqlite:///",
+        "sqlite:///dir/",
+        "sqlite:///state.db?mode=ro",
+        "redis://",
+        "redis://127.0.0.1:notaport/0",
+        "redis://127.0.0.1:6379/0?decode_responses=true",
+    ],
+)
+def test_malformed_urls_are_value_errors(url: str) -> None:
+    with pytest.raises(ValueError):
+        validate_store_url(url)
+    with pytest.raises(ValueError):
+        open_store(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "memory://",
+        "sqlite:///broker-state.db",
+        "sqlite:////var/lib/chime-broker/state.db",
+        "redis://127.0.0.1:6379/0",
+        "rediss://user:secret@redis.example:6380/2",
+    ],
+)
+def test_well_formed_urls_validate(url: str) -> None:
+    validate_store_url(url)
