@@ -6,21 +6,27 @@ shared by every request.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from identity import errors
 from identity.aws import AwsClients
-from identity.config import BrokerConfig, ProviderConfig
+from identity.chime import AppInstanceUsers, MessagingEndpoint
+from identity.config import BrokerConfig, GuestProvider, ProviderConfig
+from identity.credential_cache import CredentialCache
+from identity.logins import BrowserLogins
 from identity.mapping import ClaimMapper, app_instance_user_arn, build_mappers
 from identity.models import MappedUser, Principal, VendedCredentials
-from identity.providers.base import TokenProvider
+from identity.providers.base import RedirectProvider, TokenProvider
+from identity.providers.guest import MeetingGuests, build_guest_providers, guest_display_name
+from identity.providers.redirect import build_redirect_providers
 from identity.providers.registry import build_token_providers
-from identity.sealing import Sealer
+from identity.sealing import Sealer, token_hash
 from identity.sessions import SessionManager, SessionRecord
 from identity.store import Store
 from identity.vending.base import Vendor, VendRequest
@@ -65,9 +71,25 @@ class Broker:
             secret.get_secret_value() if secret is not None else secrets.token_hex(32)
         )
         self.sessions = SessionManager(store, self.sealer, clock=clock)
+        self.credential_cache = CredentialCache(
+            store, self.sealer, clock=clock, enabled=config.service.cache_credentials
+        )
         self.token_providers: Mapping[str, TokenProvider] = build_token_providers(config)
+        self.redirect_providers: Mapping[str, RedirectProvider] = build_redirect_providers(
+            config, self.token_providers
+        )
+        self.logins = BrowserLogins(self, self.redirect_providers)
         self.mappers: Mapping[str, ClaimMapper] = build_mappers(config)
         self.vendors: Mapping[str, Vendor] = build_vendors(config, self.clients, store)
+        self.guests: Mapping[str, MeetingGuests] = build_guest_providers(config, store, clock=clock)
+        self.app_instance_users = (
+            AppInstanceUsers(config.chime, self.clients, store, clock=clock)
+            if config.chime.provision_users
+            else None
+        )
+        self.messaging_endpoint = (
+            MessagingEndpoint(self.clients) if config.chime.messaging_endpoint else None
+        )
 
     def provider_config(self, name: str) -> ProviderConfig:
         found = self.config.provider(name)
@@ -100,28 +122,59 @@ class Broker:
             raise errors.InvalidRequest("one of id_token or access_token is required")
         return self.start_session(provider_cfg, principal, origin="token")
 
-    def start_session(
-        self, provider_cfg: ProviderConfig, principal: Principal, *, origin: str
+    def start_guest_session(
+        self,
+        provider_name: str,
+        *,
+        invite: str | None,
+        display_name: str | None,
+        client_address: str,
     ) -> Grant:
-        """Map ``principal``, vend credentials, and open a session that can vend again."""
-        user = self.mappers[provider_cfg.name].map(principal)
+        """Admit a meeting guest (invite, or open and rate-limited), map, vend, and start a
+        bearer session.  The user id comes from the provider's template only; the display
+        name is the invite's ``name`` claim, else ``display_name``, else the mapped one."""
+        provider_cfg = self.provider_config(provider_name)
+        guests = self.guests.get(provider_name)
+        if guests is None:
+            raise errors.InvalidRequest(f"provider {provider_name!r} is not a guest provider")
+        admission = guests.admit(invite, client_address=client_address)
+        user = self.mappers[provider_name].map(admission.principal, random=admission.random)
+        user = replace(
+            user,
+            display_name=guest_display_name(admission.principal, display_name, user.display_name),
+        )
+        try:
+            return self.start_session(provider_cfg, admission.principal, origin="guest", user=user)
+        except errors.BrokerError as error:
+            # Nothing was issued: an invite spent on an AWS failure may be used again.
+            if error.status >= 500 or isinstance(error, errors.RateLimited):
+                guests.release(admission)
+            raise
+
+    def start_session(
+        self,
+        provider_cfg: ProviderConfig,
+        principal: Principal,
+        *,
+        origin: str,
+        user: MappedUser | None = None,
+        refresh_token: str | None = None,
+        end_session_url: str | None = None,
+    ) -> Grant:
+        """Map ``principal`` (unless ``user`` is given already mapped), provision the app
+        instance user, vend credentials, and open a session that can vend again.
+
+        ``refresh_token`` (kept sealed) lets the session re-check the user with the IdP;
+        ``end_session_url`` is what logout hands back."""
+        if user is None:
+            user = self.mappers[provider_cfg.name].map(principal)
+        self._provision(provider_cfg, user)
         now = self.clock()
         lifetime = self.config.service.session_lifetime
         credentials = self.vend(provider_cfg, user, principal, max_duration=lifetime)
-        login_exp = principal.token_expires_at.timestamp() if principal.token_expires_at else None
-        record = SessionRecord(
-            provider=provider_cfg.name,
-            user_id=user.user_id,
-            display_name=user.display_name,
-            tags=dict(user.tags),
-            issuer=principal.issuer,
-            subject=principal.subject,
-            created_at=now,
-            expires_at=now + lifetime,
-            origin=origin,
-            login_key=principal.login_key if provider_cfg.exchange == "cognito" else None,
-            login_token=principal.login_token if provider_cfg.exchange == "cognito" else None,
-            login_token_expires_at=login_exp if provider_cfg.exchange == "cognito" else None,
+        record = self._session_record(
+            provider_cfg, principal, user, origin=origin, now=now,
+            refresh_token=refresh_token, end_session_url=end_session_url,
         )
         token = self.sessions.create(record)
         log.info(
@@ -135,6 +188,202 @@ class Broker:
             credentials,
             session_token=token,
             session_expires_at=datetime.fromtimestamp(record.expires_at, UTC),
+        )
+
+    def open_browser_session(
+        self,
+        provider_cfg: ProviderConfig,
+        principal: Principal,
+        *,
+        refresh_token: str | None = None,
+        end_session_url: str | None = None,
+    ) -> tuple[str, SessionRecord]:
+        """Map ``principal``, provision the app instance user and open a cookie session;
+        nothing is vended until the SPA asks (``POST /v1/credentials``). Returns the new
+        session token and its record."""
+        user = self.mappers[provider_cfg.name].map(principal)
+        self._provision(provider_cfg, user)
+        record = self._session_record(
+            provider_cfg, principal, user, origin="browser", now=self.clock(),
+            refresh_token=refresh_token, end_session_url=end_session_url,
+        )
+        token = self.sessions.create(record)
+        log.info(
+            "session started",
+            extra={"fields": {"provider": provider_cfg.name, "user_id": user.user_id,
+                              "origin": "browser"}},
+        )
+        return token, record
+
+    def describe_session(self, session_token: str | None) -> SessionRecord:
+        """The live session of ``session_token``; ``Unauthenticated`` when there is none."""
+        record = self.sessions.find(session_token)
+        if record is None:
+            raise errors.Unauthenticated("no broker session, or it has ended")
+        return record
+
+    def _provision(self, provider_cfg: ProviderConfig, user: MappedUser) -> None:
+        if self.app_instance_users is not None:
+            # Before vending: credentials for a user Chime does not know are never issued.
+            expiration = (
+                provider_cfg.user_expiration_days
+                if isinstance(provider_cfg, GuestProvider)
+                else None
+            )
+            self.app_instance_users.ensure(user, expiration_days=expiration)
+
+    def _session_record(
+        self,
+        provider_cfg: ProviderConfig,
+        principal: Principal,
+        user: MappedUser,
+        *,
+        origin: str,
+        now: float,
+        refresh_token: str | None,
+        end_session_url: str | None,
+    ) -> SessionRecord:
+        cognito = provider_cfg.exchange == "cognito"
+        login_exp = principal.token_expires_at.timestamp() if principal.token_expires_at else None
+        return SessionRecord(
+            provider=provider_cfg.name,
+            user_id=user.user_id,
+            display_name=user.display_name,
+            tags=dict(user.tags),
+            issuer=principal.issuer,
+            subject=principal.subject,
+            created_at=now,
+            expires_at=now + self.config.service.session_lifetime,
+            origin=origin,
+            login_key=principal.login_key if cognito else None,
+            login_token=principal.login_token if cognito else None,
+            login_token_expires_at=login_exp if cognito else None,
+            refresh_token=refresh_token or None,
+            rechecked_at=now if refresh_token else None,
+            end_session_url=end_session_url,
+        )
+
+    def refresh(self, session_token: str | None) -> Grant:
+        """Fresh (or still fresh cached) credentials for a live session.
+
+        Never after the session has ended; in ``cognito`` mode only while the upstream id
+        token the session holds is still valid. A session holding a refresh token is
+        re-checked with the IdP every ``service.recheck_interval`` (and whenever a
+        ``cognito`` session's id token has run out); a refusal ends it.
+        """
+        record = self.sessions.find(session_token)
+        if record is None or session_token is None:
+            raise errors.Unauthenticated("no broker session, or it has ended")
+        provider_cfg = self.config.provider(record.provider)
+        if provider_cfg is None:
+            raise errors.Unauthenticated("the session's provider is no longer configured")
+        now = self.clock()
+        record = self._recheck(session_token, record, provider_cfg, now)
+        if provider_cfg.exchange == "cognito" and (
+            not record.login_token or (record.login_token_expires_at or 0) <= now
+        ):
+            raise errors.ReauthenticationRequired(
+                "the identity provider's token has expired; sign in again"
+            )
+        user = MappedUser(
+            provider=record.provider,
+            user_id=record.user_id,
+            display_name=record.display_name,
+            tags=dict(record.tags),
+        )
+        cache_key = self._cache_key(session_token, provider_cfg, user)
+        credentials = self.credential_cache.get(cache_key)
+        if credentials is None:
+            principal = Principal(
+                provider=record.provider,
+                issuer=record.issuer,
+                subject=record.subject,
+                login_key=record.login_key,
+                login_token=record.login_token,
+            )
+            remaining = int(record.expires_at - now)
+            credentials = self.vend(provider_cfg, user, principal, max_duration=remaining)
+            self.credential_cache.put(cache_key, credentials)
+        return self.grant(record.provider, user, credentials)
+
+    def _recheck(
+        self, session_token: str, record: SessionRecord, provider_cfg: ProviderConfig, now: float
+    ) -> SessionRecord:
+        """Refresh at the IdP when due; the record as it stands afterwards."""
+        provider = self.redirect_providers.get(record.provider)
+        if not record.refresh_token or provider is None:
+            return record
+        last = record.rechecked_at if record.rechecked_at is not None else record.created_at
+        login_ran_out = provider_cfg.exchange == "cognito" and (
+            record.login_token_expires_at or 0
+        ) <= now
+        if now - last < self.config.service.recheck_interval and not login_ran_out:
+            return record
+        # One re-check per session at a time: a rotated refresh token works only once.
+        lock = "recheck:" + token_hash(session_token)
+        if not self.store.set_if_absent(lock, b"1", 30):
+            return record
+        try:
+            try:
+                refreshed = provider.refresh(record.refresh_token)
+                principal = refreshed.principal
+                if principal is not None and principal.subject != record.subject:
+                    raise errors.ReauthenticationRequired(
+                        "the identity provider now names another user; sign in again",
+                        log_detail="refreshed token has another subject",
+                    )
+            except errors.ReauthenticationRequired:
+                with contextlib.suppress(errors.Unauthenticated):
+                    self.end_session(session_token)
+                raise
+            record = replace(record, refresh_token=refreshed.refresh_token, rechecked_at=now)
+            if (
+                provider_cfg.exchange == "cognito"
+                and principal is not None
+                and principal.login_token is not None
+            ):
+                expires = principal.token_expires_at
+                record = replace(
+                    record,
+                    login_token=principal.login_token,
+                    login_token_expires_at=expires.timestamp() if expires is not None else None,
+                )
+            self.sessions.update(session_token, record)
+            log.info(
+                "session re-checked",
+                extra={"fields": {"provider": record.provider, "user_id": record.user_id}},
+            )
+        finally:
+            self.store.delete(lock)
+        return record
+
+    def end_session(self, session_token: str | None) -> SessionRecord:
+        """End the session (and drop its cached credentials); the ended record."""
+        record = self.sessions.find(session_token)
+        if record is None or session_token is None or not self.sessions.end(session_token):
+            raise errors.Unauthenticated("no broker session, or it has ended")
+        provider_cfg = self.config.provider(record.provider)
+        if provider_cfg is not None:
+            user = MappedUser(record.provider, record.user_id, record.display_name, record.tags)
+            self.credential_cache.forget(self._cache_key(session_token, provider_cfg, user))
+        log.info(
+            "session ended",
+            extra={"fields": {"provider": record.provider, "user_id": record.user_id}},
+        )
+        return record
+
+    def _cache_key(self, session_token: str, provider_cfg: ProviderConfig, user: MappedUser) -> str:
+        role = (
+            getattr(provider_cfg, "role_arn", None)
+            or getattr(provider_cfg, "custom_role_arn", None)
+            or (self.config.aws.sts.role_arn if self.config.aws.sts else "")
+        )
+        return self.credential_cache.key(
+            session=token_hash(session_token),
+            provider=provider_cfg.name,
+            user_id=user.user_id,
+            tags=user.tags,
+            role=f"{provider_cfg.exchange}:{role}",
         )
 
     def vend(
@@ -171,4 +420,7 @@ class Broker:
             region=self.config.aws.region,
             session_token=session_token,
             session_expires_at=session_expires_at,
+            messaging_session_endpoint=(
+                self.messaging_endpoint.url() if self.messaging_endpoint is not None else None
+            ),
         )

@@ -547,7 +547,7 @@ class ProviderBase(_Frozen):
     """What every identity provider entry has; ``kind`` selects the subclass."""
 
     default_user_id: ClassVar[str] = "{sub}"
-    # Kinds whose tokens carry no nonce.
+    # False for kinds that have no id token to carry a nonce.
     _nonce_capable: ClassVar[bool] = True
 
     name: ProviderName

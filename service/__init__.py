@@ -1,81 +1,23 @@
-"""The broker's HTTP layer. ``create_app(config)`` is the one place the app is assembled."""
+"""The broker's HTTP layer (Flask). ``create_app(config)`` (in ``service.app``) is the one
+place the app is assembled.
+
+Importing ``service`` stays light: ``chime-broker serve`` must set up gevent and
+multi-process metrics before Flask, botocore or prometheus_client are imported.
+"""
 
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+if TYPE_CHECKING:
+    from service.app import create_app
 
-from identity.aws import AwsClients
-from identity.broker import Broker
-from identity.config import BrokerConfig
-from identity.store import Store, open_store
-from service import errors, logs, metrics, security
-from service.logs import configure_logging
-from service.runtime import Runtime
+__all__ = ["create_app"]
 
 
-def _reveal(value: object) -> str:
-    reveal = getattr(value, "get_secret_value", None)
-    return str(reveal() if reveal is not None else value)
+def __getattr__(name: str) -> Any:
+    if name == "create_app":
+        from service.app import create_app
 
-
-def _secrets(config: BrokerConfig) -> list[str]:
-    """Every secret value in the config, so the log redactor can remove it anywhere."""
-    found: list[str] = []
-    if config.service.secret_key is not None:
-        found.append(_reveal(config.service.secret_key))
-    for provider in config.providers:
-        for name in ("client_secret", "app_secret", "private_key", "sp_key"):
-            value = getattr(provider, name, None)
-            if value is not None:
-                found.append(_reveal(value))
-        invite = getattr(provider, "invite", None)
-        shared = getattr(invite, "shared_secret", None) if invite is not None else None
-        if shared is not None:
-            found.append(_reveal(shared))
-    return found
-
-
-def worker_concurrency() -> int:
-    """Requests one worker serves at once (set by ``chime-broker serve``): the size of each
-    AWS client's connection pool."""
-    try:
-        return max(1, int(os.environ.get("CHIME_BROKER_CONCURRENCY", "32")))
-    except ValueError:
-        return 32
-
-
-def create_app(
-    config: BrokerConfig, *, store: Store | None = None, clients: AwsClients | None = None
-) -> Flask:
-    """Build the broker for an already validated ``config``.
-
-    Everything a request needs is built here, once; tests may pass their own ``store`` and
-    ``clients`` (e.g. with a Stubber installed on a client moto lacks).
-    """
-    configure_logging(_secrets(config))
-    app = Flask(__name__, static_folder=None)
-    app.config["JSON_SORT_KEYS"] = False
-    secret = config.service.secret_key
-    app.secret_key = secret.get_secret_value() if secret is not None else None
-
-    from service.blueprints import health, login, token
-
-    security.init_app(app, config)
-    request_metrics = metrics.init_app(app)
-    logs.init_app(app)
-    errors.init_app(app)
-    store = store if store is not None else open_store(config.store)
-    app.extensions["chime_broker"] = Runtime(
-        config=config,
-        store=store,
-        metrics=request_metrics,
-        broker=Broker(config, store, clients=clients or AwsClients(
-            config, max_pool_connections=worker_concurrency()
-        )),
-    )
-    app.register_blueprint(health.bp)
-    app.register_blueprint(login.bp)
-    app.register_blueprint(token.bp)
-    return app
+        return create_app
+    raise AttributeError(f"module 'service' has no attribute {name!r}")

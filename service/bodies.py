@@ -31,6 +31,15 @@ class TokenRequest(RequestBody):
     code_verifier: ShortString | None = None
 
 
+class GuestRequest(RequestBody):
+    """``POST /v1/guest``.  There is no field for a user id: a guest never chooses it."""
+
+    provider: ProviderName
+    # Accepted up to 1 KiB, then cleaned and cut to Chime's 100 characters.
+    display_name: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    invite: TokenString | None = None
+
+
 Body = TypeVar("Body", bound=RequestBody)
 
 

@@ -43,6 +43,9 @@ def problem_response(error: errors.BrokerError) -> Response:
     response = Response(json.dumps(problem_body(error)), status=error.status, mimetype=PROBLEM_JSON)
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(error.retry_after)
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="chime-broker"'
+
     response.headers["Cache-Control"] = "no-store"
     return response
 

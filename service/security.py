@@ -1,15 +1,23 @@
-"""Request hygiene that every route shares: request ids, trusted proxies, the body cap and
-security headers."""
+"""Request hygiene that every route shares: request ids, trusted proxies, the body cap,
+security headers, CORS and the Origin rule for cookie-authenticated requests.
+
+CORS answers only the exact origins of ``service.allowed_origins``, with credentials, and
+never reflects anything else (``null`` included). A request authenticated by the session
+cookie must come from one of those origins (``require_allowed_origin``).
+"""
 
 from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from identity.config import BrokerConfig
+from identity.errors import OriginNotAllowed
 from service.logs import request_id_var
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
@@ -30,7 +38,61 @@ PAGE_CSP = (
 )
 
 
+CORS_METHODS = "GET, POST"
+CORS_HEADERS = "Authorization, Content-Type, X-Request-Id"
+CORS_EXPOSED = "X-Request-Id, Retry-After"
+CORS_MAX_AGE = "600"
+_CORS_PREFIX = "/v1/"
+
+
+@dataclass(frozen=True)
+class OriginPolicy:
+    """``allowed`` origins, exactly as listed; ``own`` is the broker's origin (from
+    ``service.public_url``), which a same-origin browser request stands for."""
+
+    allowed: frozenset[str]
+    own: str
+
+    @classmethod
+    def from_config(cls, config: BrokerConfig) -> OriginPolicy:
+        parts = urlsplit(config.service.public_url)
+        return cls(
+            allowed=frozenset(config.service.allowed_origins),
+            own=f"{parts.scheme}://{parts.netloc}".lower(),
+        )
+
+
+def _policy() -> OriginPolicy:
+    policy: OriginPolicy = current_app.extensions["chime_broker_origins"]
+    return policy
+
+
+def request_origin() -> str | None:
+    """The origin the browser says the request comes from.
+
+    Browsers leave ``Origin`` out of same-origin GETs; ``Sec-Fetch-Site: same-origin``
+    (which scripts cannot set) then stands for the broker's own origin.
+    """
+    origin = request.headers.get("Origin")
+    if origin is None and request.headers.get("Sec-Fetch-Site") == "same-origin":
+        return _policy().own
+    return origin
+
+
+def require_allowed_origin() -> None:
+    """Refuse (``origin_not_allowed``) a request whose origin is not listed in
+    ``service.allowed_origins``: the rule for every request the session cookie
+    authenticates."""
+    origin = request_origin()
+    if origin is None or origin not in _policy().allowed:
+        raise OriginNotAllowed(
+            "this origin may not use the broker session cookie",
+            log_detail=f"origin {origin[:100]!r}" if origin else "no Origin header",
+        )
+
+
 def init_app(app: Flask, config: BrokerConfig) -> None:
+    app.extensions["chime_broker_origins"] = OriginPolicy.from_config(config)
     hops = config.service.trusted_proxies
     if hops:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
@@ -45,11 +107,36 @@ def init_app(app: Flask, config: BrokerConfig) -> None:
         g.request_id = request_id
         g.request_id_token = request_id_var.set(request_id)
 
+    @app.before_request
+    def cors_preflight() -> Response | None:
+        if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+            return None
+        if not request.path.startswith(_CORS_PREFIX):
+            return None
+        origin = request.headers.get("Origin")
+        if origin is None or origin not in _policy().allowed:
+            raise OriginNotAllowed(
+                "this origin may not call the broker",
+                log_detail=f"preflight from {origin[:100]!r}" if origin else "preflight",
+            )
+        response = Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+        response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
+        response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
+        return response
+
     @app.after_request
     def harden(response: Response) -> Response:
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         response.headers.setdefault("Cache-Control", "no-store")
+        if request.path.startswith(_CORS_PREFIX):
+            response.vary.add("Origin")
+            origin = request.headers.get("Origin")
+            if origin is not None and origin in _policy().allowed:
+                response.headers["Access-Control-Allow-Origin"] = origin
+                response.headers["Access-Control-Allow-Credentials"] = "true"
+                response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED
         if g.get("request_id"):
             response.headers["X-Request-Id"] = g.request_id
         return response

@@ -52,6 +52,8 @@ def serve(
         "accesslog": None,
         "child_exit": _child_exit,
         "preload_app": False,
+        # One shared control socket under $HOME would make two brokers on one host collide.
+        "control_socket_disable": True,
     }
     if worker_class == "gevent":
         options["worker_connections"] = worker_connections

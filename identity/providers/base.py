@@ -11,6 +11,7 @@ errors when the provider itself cannot be asked.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from identity.models import Principal
@@ -52,6 +53,26 @@ class TokenProvider(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class RedirectLogin:
+    """What a finished browser login proved: the principal, the refresh token the provider
+    gave (``None`` when it gave none) and the URL that signs the user out at the provider
+    (``None`` when it has no logout endpoint)."""
+
+    principal: Principal
+    refresh_token: str | None = field(default=None, repr=False)
+    end_session_url: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """A refresh the provider accepted: the principal its new token proves (``None`` when
+    the answer carries nothing to verify) and the refresh token to use next time."""
+
+    principal: Principal | None
+    refresh_token: str = field(repr=False)
+
+
 class RedirectProvider(Protocol):
     """A browser login through the authorization code flow with PKCE.
 
@@ -62,6 +83,11 @@ class RedirectProvider(Protocol):
 
     @property
     def name(self) -> str: ...
+
+    @property
+    def response_mode(self) -> str:
+        """``query`` (the provider comes back with a GET) or ``form_post`` (a POST)."""
+        ...
 
     def authorization_url(
         self, *, redirect_uri: str, state: str, nonce: str, code_challenge: str
@@ -76,11 +102,17 @@ class RedirectProvider(Protocol):
         params: Mapping[str, str],
         code_verifier: str,
         nonce: str,
-    ) -> Principal:
-        """Exchange the ``code`` in the callback ``params`` for tokens, verify the id token
-        with the same checks as ``TokenProvider.verify_id_token`` and the stored ``nonce``,
-        and return the principal. An ``error`` parameter from the provider raises
-        ``AccessDenied``."""
+    ) -> RedirectLogin:
+        """Check the callback's ``iss`` (RFC 9207), exchange its ``code`` for tokens,
+        verify the id token with the same checks as ``TokenProvider.verify_id_token`` and
+        the stored ``nonce`` (or inspect the access token), and return what the login
+        proved. An ``error`` parameter from the provider raises ``AccessDenied`` when the
+        user refused, an ``Upstream*`` error otherwise; a refused code ``InvalidToken``."""
+        ...
+
+    def refresh(self, refresh_token: str) -> Refreshed:
+        """Ask the provider whether the user may still sign in; raises
+        ``ReauthenticationRequired`` when it refuses the refresh token."""
         ...
 
 

@@ -9,6 +9,7 @@ through ``identity.tokens.verify_jwt`` with a policy fixed at start-up.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -102,6 +103,23 @@ class IdTokenProvider:
             login_token=id_token,
             token_expires_at=datetime.fromtimestamp(claims["exp"], UTC),
         )
+
+    def for_browser(self, client_id: str) -> IdTokenProvider:
+        """The same verifier (keys, issuers, algorithms, claim checks) for the browser
+        login of ``client_id``: ``aud`` must be that client, and the nonce is the login
+        transaction's, always passed in, so ``require_nonce`` does not apply."""
+        narrowed = IdTokenProvider(
+            name=self._name,
+            kind=self._kind,
+            issuers=self.policy.issuers,
+            audiences=(client_id,),
+            keys=self.keys,
+            login_key=self.login_key,
+            claims_hook=self._claims_hook,
+            clock=self._clock,
+        )
+        narrowed.policy = replace(self.policy, audiences=(client_id,), require_nonce=False)
+        return narrowed
 
     def verify_access_token(self, access_token: str) -> Principal:
         """Refused: this provider's mobile clients present id tokens."""

@@ -42,6 +42,7 @@ _THROTTLED: Final = frozenset(
         "Throttling",
         "ThrottlingException",
         "RequestLimitExceeded",
+        "ThrottledClientException",
     }
 )
 

@@ -7,14 +7,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from identity.config import (
+    AwsConfig,
     BrokerConfig,
+    ChimeConfig,
+    CognitoConfig,
     GoogleProvider,
     GuestProvider,
+    InviteConfig,
+    MapConfig,
     OidcProvider,
     SamlProvider,
+    ServiceConfig,
+    StsConfig,
+    Timeouts,
     build_config,
     load_config,
     parse_config,
@@ -786,6 +794,25 @@ def test_field_errors_and_cross_field_rules_are_reported_together() -> None:
     ]
 
 
+def test_anchors_and_merge_keys_work_and_explicit_keys_win() -> None:
+    text = variant(
+        ("    exchange: cognito_developer\n", "    <<: &common {exchange: sts, leeway: 30}\n"),
+        ("    exchange: sts\n", "    <<: *common\n    leeway: 10\n"),
+    )
+    config = parse_config(text, env=ENV)
+    okta, _, guests = config.providers
+    assert (okta.exchange, okta.leeway) == ("sts", 30)
+    assert (guests.exchange, guests.leeway) == ("sts", 10)
+
+
+def test_alias_bombs_are_refused() -> None:
+    # ten to the ninth "lol"s if expanded; refused after a bounded walk
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, 9):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]")
+    assert problems("\n".join(lines) + "\n") == ["<config>: the configuration is too large"]
+
+
 def test_values_from_the_environment_are_not_echoed() -> None:
     text = variant(("  sts:\n", "  sts:\n    duration_seconds: ${env:STS_DURATION}\n"))
     assert problems(text, env={**ENV, "STS_DURATION": "hunter2"}) == [
@@ -864,15 +891,22 @@ def test_example_config_loads_with_the_documented_defaults() -> None:
 
 def test_example_config_documents_every_key() -> None:
     text = (REPO / "config" / "example.yaml").read_text()
-    for model_keys in (
-        BrokerConfig.model_fields,
-        *(
-            type(p).model_fields
-            for p in load_config(REPO / "config" / "example.yaml", env=EXAMPLE_ENV).providers
-        ),
-    ):
-        for key in model_keys:
-            assert f"{key}:" in text or f"{key} " in text, key
+    config = load_config(REPO / "config" / "example.yaml", env=EXAMPLE_ENV)
+    models: list[type[BaseModel]] = [
+        BrokerConfig,
+        AwsConfig,
+        CognitoConfig,
+        StsConfig,
+        Timeouts,
+        ChimeConfig,
+        ServiceConfig,
+        MapConfig,
+        InviteConfig,
+        *(type(p) for p in config.providers),
+    ]
+    for model in models:
+        for key in model.model_fields:
+            assert f"{key}:" in text or f"{key} " in text, f"{model.__name__}.{key}"
 
 
 def test_demo_config_loads() -> None:

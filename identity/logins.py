@@ -1,0 +1,416 @@
+"""Browser sign-in: the login transaction between leaving for the identity provider and
+coming back, and the one-time codes that hand a finished login to a native app.
+
+A transaction (``state`` -> nonce, PKCE verifier, provider, ``return_to``, the native
+app's code challenge, when it began) is sealed in the store under a keyed hash of
+``state``, lives ``LOGIN_TTL`` seconds, is taken at most once, and only by the browser
+that began it: the caller passes the random value of that browser's pre-login cookie,
+and the transaction keeps only a keyed hash of it.
+
+How a login ends (DESIGN §3): success is a new session and the way back to ``return_to``;
+a failure once a valid ``return_to`` is known goes back there with ``?error=<code>``;
+anything else raises, for the HTTP layer to answer with a problem. A native login (the
+app sent a ``code_challenge``) goes back with ``?code=`` instead of a session: a one-time
+code, ``NATIVE_CODE_TTL`` seconds, that only the holder of the matching ``code_verifier``
+can exchange.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from identity import errors
+from identity.models import Principal
+from identity.providers.base import RedirectProvider
+from identity.sealing import Sealer
+from identity.store import Store
+
+if TYPE_CHECKING:
+    from identity.broker import Broker, Grant
+
+log = logging.getLogger("chime_broker.logins")
+
+LOGIN_TTL: Final = 600
+NATIVE_CODE_TTL: Final = 60
+NATIVE_CODE_PREFIX: Final = "cbn_"
+_TRANSACTION_KEY: Final = "login:"
+_NATIVE_KEY: Final = "native:"
+_STATE: Final = re.compile(r"[A-Za-z0-9_-]{32,128}")
+_NATIVE_CODE: Final = re.compile(r"cbn_[A-Za-z0-9_-]{32,96}")
+_CODE_CHALLENGE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+_CODE_VERIFIER: Final = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+
+
+def s256(code_verifier: str) -> str:
+    """The PKCE S256 challenge of ``code_verifier`` (RFC 7636, 4.2)."""
+    digest = hashlib.sha256(code_verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def with_query(url: str, **params: str) -> str:
+    """``url`` with ``params`` added to its query (replacing any of the same name); the
+    fragment stays last."""
+    parts = urlsplit(url)
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
+    query = urlencode([*kept, *params.items()])
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class LoginTransaction:
+    """One browser login in flight. ``binding`` is the keyed hash of the pre-login cookie."""
+
+    provider: str
+    return_to: str
+    nonce: str = field(repr=False)
+    code_verifier: str = field(repr=False)
+    binding: str = field(repr=False)
+    created_at: float
+    native_challenge: str | None = None
+
+
+@dataclass(frozen=True)
+class LoginStep:
+    """Where the browser goes next. ``session_token`` is set when a browser session began
+    (the HTTP layer puts it in the session cookie, valid until ``session_expires_at``);
+    ``error`` is the problem code when the login failed and goes back with ``?error=``."""
+
+    redirect_to: str
+    session_token: str | None = field(default=None, repr=False)
+    session_expires_at: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class NativeHandoff:
+    """A finished native login waiting for its app: what the provider proved, bound to the
+    app's code challenge."""
+
+    provider: str
+    principal: Principal
+    code_challenge: str
+    created_at: float
+    refresh_token: str | None = field(default=None, repr=False)
+    end_session_url: str | None = field(default=None, repr=False)
+
+    def to_json(self) -> bytes:
+        principal = asdict(self.principal)
+        expires = self.principal.token_expires_at
+        principal["token_expires_at"] = expires.timestamp() if expires is not None else None
+        return json.dumps(
+            {**asdict(self), "principal": principal}, separators=(",", ":")
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> NativeHandoff:
+        data: dict[str, Any] = json.loads(raw)
+        principal = dict(data.pop("principal"))
+        expires = principal.pop("token_expires_at")
+        return cls(
+            principal=Principal(
+                **principal,
+                token_expires_at=datetime.fromtimestamp(expires, UTC) if expires else None,
+            ),
+            **data,
+        )
+
+
+class LoginTransactions:
+    """Login transactions in the store, sealed; each taken at most once."""
+
+    def __init__(self, store: Store, sealer: Sealer) -> None:
+        self._store = store
+        self._sealer = sealer
+
+    def binding(self, pre_login_value: str) -> str:
+        """What a transaction keeps of the browser's pre-login cookie."""
+        return self._sealer.key_hash("pre-login", pre_login_value)
+
+    def begin(self, transaction: LoginTransaction) -> str:
+        """Store ``transaction`` under a new random ``state`` and return the state."""
+        state = secrets.token_urlsafe(32)
+        key = self._key(state)
+        body = json.dumps(asdict(transaction), separators=(",", ":")).encode()
+        self._store.set(key, self._sealer.seal(body, context=key), LOGIN_TTL)
+        return state
+
+    def take(
+        self, state: str | None, *, provider: str, binding: str, now: float
+    ) -> LoginTransaction:
+        """The transaction of ``state``, removed from the store.
+
+        Raises ``InvalidRequest`` when there is no such live transaction (missing, unknown,
+        already used or expired), and, leaving it in place for its own browser, when it was
+        begun by another browser or for another provider.
+        """
+        if not state or not _STATE.fullmatch(state):
+            raise errors.InvalidRequest("the sign-in answer has no valid state")
+        key = self._key(state)
+        sealed = self._store.get(key)
+        plain = self._sealer.open(sealed, context=key) if sealed is not None else None
+        if plain is None:
+            raise errors.InvalidRequest(
+                "unknown, used or expired sign-in; start again", log_detail="state not found"
+            )
+        transaction = LoginTransaction(**json.loads(plain))
+        if not hmac.compare_digest(transaction.binding, binding):
+            raise errors.InvalidRequest(
+                "this sign-in was started in another browser; start again",
+                log_detail="pre-login cookie does not match the transaction",
+            )
+        if transaction.provider != provider:
+            raise errors.InvalidRequest(
+                "this sign-in was started for another provider",
+                log_detail=f"state of {transaction.provider!r} returned to {provider!r}",
+            )
+        # Only one of several concurrent answers with the same state gets it.
+        if self._store.get_and_delete(key) is None:
+            raise errors.InvalidRequest(
+                "unknown, used or expired sign-in; start again", log_detail="state already used"
+            )
+        if now - transaction.created_at > LOGIN_TTL:
+            raise errors.InvalidRequest(
+                "unknown, used or expired sign-in; start again", log_detail="state expired"
+            )
+        return transaction
+
+    def _key(self, state: str) -> str:
+        return _TRANSACTION_KEY + self._sealer.key_hash("login-state", state)
+
+
+class NativeCodes:
+    """One-time codes for native apps: sealed, single use, ``NATIVE_CODE_TTL`` seconds."""
+
+    def __init__(self, store: Store, sealer: Sealer) -> None:
+        self._store = store
+        self._sealer = sealer
+
+    def issue(self, handoff: NativeHandoff) -> str:
+        code = NATIVE_CODE_PREFIX + secrets.token_urlsafe(32)
+        key = self._key(code)
+        self._store.set(key, self._sealer.seal(handoff.to_json(), context=key), NATIVE_CODE_TTL)
+        return code
+
+    def redeem(self, provider: str, code: str, code_verifier: str, *, now: float) -> NativeHandoff:
+        """The handoff for ``code``, spent whether or not the rest checks out.
+
+        Raises ``InvalidRequest`` for an unknown, used or expired code, another provider's
+        code, or a ``code_verifier`` whose S256 challenge is not the one sent at login.
+        """
+        refused = errors.InvalidRequest(
+            "unknown, used or expired code, or the code_verifier does not match"
+        )
+        if not _NATIVE_CODE.fullmatch(code) or not _CODE_VERIFIER.fullmatch(code_verifier):
+            raise refused
+        key = self._key(code)
+        sealed = self._store.get_and_delete(key)
+        plain = self._sealer.open(sealed, context=key) if sealed is not None else None
+        if plain is None:
+            raise refused
+        handoff = NativeHandoff.from_json(plain)
+        if now - handoff.created_at > NATIVE_CODE_TTL:
+            refused.log_detail = "native code expired"
+            raise refused
+        if handoff.provider != provider:
+            refused.log_detail = "native code of another provider"
+            raise refused
+        if not hmac.compare_digest(s256(code_verifier), handoff.code_challenge):
+            refused.log_detail = "code_verifier does not match the code challenge"
+            raise refused
+        return handoff
+
+    def _key(self, code: str) -> str:
+        return _NATIVE_KEY + self._sealer.key_hash("native-code", code)
+
+
+class BrowserLogins:
+    """The browser sign-in use cases: begin, complete, and the native app's exchange."""
+
+    def __init__(self, broker: Broker, providers: Mapping[str, RedirectProvider]) -> None:
+        self._broker = broker
+        self._providers = providers
+        self.transactions = LoginTransactions(broker.store, broker.sealer)
+        self.native_codes = NativeCodes(broker.store, broker.sealer)
+        service = broker.config.service
+        self._service = service
+        self._callback_base = f"{service.public_url}/v1/callback/"
+
+    def redirect_uri(self, provider: str) -> str:
+        """The callback URL registered at the provider: ``{public_url}/v1/callback/{name}``."""
+        return self._callback_base + provider
+
+    def return_to(self, requested: str | None) -> str | None:
+        """``requested`` when ``service.allowed_return_to`` allows it, else the default."""
+        if requested is not None and self._service.return_to_allowed(requested):
+            return requested
+        return self._service.effective_default_return_to
+
+    def begin(
+        self,
+        provider: str,
+        *,
+        pre_login: str,
+        return_to: str | None,
+        code_challenge: str | None = None,
+        code_challenge_method: str | None = None,
+    ) -> LoginStep:
+        """Open a transaction bound to ``pre_login`` and return the way to the provider.
+
+        Raises ``InvalidRequest`` when there is nowhere valid to come back to (no allowed
+        ``return_to`` at all, or a native login whose ``return_to`` is not allowed).
+        """
+        native = code_challenge is not None or code_challenge_method is not None
+        if native:
+            if return_to is None or not self._native_return_to(return_to):
+                raise errors.InvalidRequest(
+                    "a native login needs a return_to listed in service.allowed_return_to "
+                    "(a custom scheme or https)"
+                )
+            destination = return_to
+        else:
+            found = self.return_to(return_to)
+            if found is None:
+                raise errors.InvalidRequest("no return_to is allowed by this broker")
+            destination = found
+        try:
+            if native and (
+                code_challenge is None
+                or not _CODE_CHALLENGE.fullmatch(code_challenge)
+                or code_challenge_method not in (None, "S256")
+            ):
+                raise errors.InvalidRequest(
+                    "code_challenge must be an S256 challenge (43 base64url characters) "
+                    "and code_challenge_method S256"
+                )
+            redirect_provider = self._provider(provider)
+            code_verifier = secrets.token_urlsafe(48)
+            nonce = secrets.token_urlsafe(32)
+            state = self.transactions.begin(
+                LoginTransaction(
+                    provider=provider,
+                    return_to=destination,
+                    nonce=nonce,
+                    code_verifier=code_verifier,
+                    binding=self.transactions.binding(pre_login),
+                    created_at=self._broker.clock(),
+                    native_challenge=code_challenge if native else None,
+                )
+            )
+            url = redirect_provider.authorization_url(
+                redirect_uri=self.redirect_uri(provider),
+                state=state,
+                nonce=nonce,
+                code_challenge=s256(code_verifier),
+            )
+        except errors.BrokerError as error:
+            return self._failed(provider, destination, error)
+        return LoginStep(redirect_to=url)
+
+    def complete(
+        self,
+        provider: str,
+        params: Mapping[str, str],
+        *,
+        pre_login: str | None,
+        previous_session: str | None = None,
+    ) -> LoginStep:
+        """Finish the login the provider's answer ``params`` belongs to.
+
+        Raises ``InvalidRequest`` (or ``UnknownProvider``) when the answer has no live
+        transaction of this browser and provider; every later failure goes back to the
+        transaction's ``return_to`` with ``?error=``. A browser session replaces
+        ``previous_session``, which ends: a session id never survives a login.
+        """
+        self._broker.provider_config(provider)
+        transaction = self.transactions.take(
+            params.get("state"),
+            provider=provider,
+            binding=self.transactions.binding(pre_login) if pre_login else "",
+            now=self._broker.clock(),
+        )
+        try:
+            login = self._provider(provider).finish(
+                redirect_uri=self.redirect_uri(provider),
+                params=params,
+                code_verifier=transaction.code_verifier,
+                nonce=transaction.nonce,
+            )
+            provider_cfg = self._broker.provider_config(provider)
+            if transaction.native_challenge is not None:
+                # Mapped now so that a refused identity goes back as an error, not a code.
+                self._broker.mappers[provider].map(login.principal)
+                code = self.native_codes.issue(
+                    NativeHandoff(
+                        provider=provider,
+                        principal=login.principal,
+                        code_challenge=transaction.native_challenge,
+                        created_at=self._broker.clock(),
+                        refresh_token=login.refresh_token,
+                        end_session_url=login.end_session_url,
+                    )
+                )
+                log.info("native login finished", extra={"fields": {"provider": provider}})
+                return LoginStep(redirect_to=with_query(transaction.return_to, code=code))
+            token, record = self._broker.open_browser_session(
+                provider_cfg,
+                login.principal,
+                refresh_token=login.refresh_token,
+                end_session_url=login.end_session_url,
+            )
+        except errors.BrokerError as error:
+            return self._failed(provider, transaction.return_to, error)
+        if previous_session:
+            with contextlib.suppress(errors.Unauthenticated):
+                self._broker.end_session(previous_session)
+        return LoginStep(
+            redirect_to=transaction.return_to,
+            session_token=token,
+            session_expires_at=record.expires_at,
+        )
+
+    def redeem_native_code(self, provider: str, code: str, code_verifier: str) -> Grant:
+        """``POST /v1/token`` with ``code`` and ``code_verifier``: vend and start the app's
+        bearer session."""
+        provider_cfg = self._broker.provider_config(provider)
+        handoff = self.native_codes.redeem(
+            provider, code, code_verifier, now=self._broker.clock()
+        )
+        return self._broker.start_session(
+            provider_cfg,
+            handoff.principal,
+            origin="native",
+            refresh_token=handoff.refresh_token,
+            end_session_url=handoff.end_session_url,
+        )
+
+    def _provider(self, name: str) -> RedirectProvider:
+        self._broker.provider_config(name)
+        found = self._providers.get(name)
+        if found is None:
+            raise errors.InvalidRequest(f"provider {name!r} has no browser sign-in")
+        return found
+
+    def _native_return_to(self, url: str) -> bool:
+        scheme = urlsplit(url).scheme if ":" in url else ""
+        return scheme != "http" and self._service.return_to_allowed(url)
+
+    def _failed(self, provider: str, return_to: str, error: errors.BrokerError) -> LoginStep:
+        log.info(
+            "browser sign-in failed: %s",
+            error.detail,
+            extra={"fields": {"provider": provider, "code": error.code,
+                              "reason": error.log_detail or error.detail}},
+        )
+        return LoginStep(redirect_to=with_query(return_to, error=error.code), error=error.code)

@@ -1,0 +1,663 @@
+"""Browser logins through the OAuth 2.0 authorization code flow, with Authlib's client.
+
+One ``CodeFlowProvider`` per provider entry that can sign a browser in: ``oidc`` and
+``cognito_user_pool`` (endpoints from the issuer's discovery document unless configured),
+``google``, ``apple`` (``response_mode=form_post``; the client secret is an ES256 JWT),
+``facebook`` and ``amazon`` (their real endpoints by default, every one overridable).
+
+Every login uses PKCE S256 and ``state``; kinds with an id token also ``nonce``, and the id
+token goes through the same ``verify_jwt()`` as the mobile path (``IdTokenProvider``).
+Facebook and Login with Amazon answer with an access token, which is inspected exactly as
+a mobile app's would be. The authorization response's ``iss`` (RFC 9207) must name the
+provider's issuer whenever it is present, and must be present when the provider says it
+sends one. The caller owns the transaction (state, nonce, verifier, browser binding).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+from urllib.parse import urlencode, urlsplit
+
+import jwt
+import requests
+from authlib.common.errors import AuthlibBaseError
+from authlib.integrations.requests_client import OAuth2Session
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from identity.config import (
+    AmazonProvider,
+    AppleProvider,
+    BrokerConfig,
+    CognitoUserPoolProvider,
+    FacebookProvider,
+    GoogleProvider,
+    OidcProvider,
+)
+from identity.errors import (
+    AccessDenied,
+    BrokerError,
+    ConfigError,
+    InvalidRequest,
+    InvalidToken,
+    ReauthenticationRequired,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from identity.models import Principal
+from identity.providers.base import RedirectLogin, RedirectProvider, Refreshed, TokenProvider
+from identity.providers.oidc import IdTokenProvider
+from identity.providers.social import google_issuers
+
+log = logging.getLogger("chime_broker.redirect")
+
+MAX_DISCOVERY_BYTES: Final = 256 * 1024
+# Apple accepts client secrets for up to six months; a day keeps a leaked one short-lived.
+APPLE_CLIENT_SECRET_LIFETIME: Final = 24 * 3600
+APPLE_AUDIENCE: Final = "https://appleid.apple.com"
+_LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
+# OAuth errors at the authorization endpoint that mean "the user (or the IdP's policy for
+# this user) said no"; anything else is the provider failing.
+_USER_REFUSALS: Final = frozenset(
+    {"access_denied", "login_required", "consent_required", "interaction_required",
+     "account_selection_required", "user_cancelled_login", "user_cancelled_authorize"}
+)
+
+
+@dataclass(frozen=True)
+class AuthorizationServer:
+    """Where one provider's code flow happens and what it promises.
+
+    ``issuers`` are the accepted spellings of the RFC 9207 ``iss`` parameter;
+    ``sends_iss`` is true when the provider advertises it
+    (``authorization_response_iss_parameter_supported``), so a response without it is
+    refused.
+    """
+
+    authorization_endpoint: str
+    token_endpoint: str
+    issuers: tuple[str, ...]
+    sends_iss: bool = False
+    end_session_endpoint: str | None = None
+    token_auth_method: str = "client_secret_post"  # noqa: S105 (a method name)
+
+
+class Verification(Protocol):
+    """Turns a token endpoint answer into the principal it proves."""
+
+    uses_nonce: bool
+
+    def login(self, token: Mapping[str, Any], *, nonce: str | None) -> Principal: ...
+
+    def refreshed(self, token: Mapping[str, Any]) -> Principal | None: ...
+
+
+class IdTokenVerification:
+    """The id token in the answer, through ``IdTokenProvider`` (``verify_jwt``)."""
+
+    uses_nonce = True
+
+    def __init__(self, provider: IdTokenProvider) -> None:
+        self._provider = provider
+
+    def login(self, token: Mapping[str, Any], *, nonce: str | None) -> Principal:
+        id_token = token.get("id_token")
+        if not isinstance(id_token, str) or not id_token:
+            raise UpstreamError(
+                f"{self._provider.name}: the token endpoint returned no id token",
+                log_detail="token response without id_token",
+            )
+        return self._provider.verify_id_token(id_token, nonce=nonce)
+
+    def refreshed(self, token: Mapping[str, Any]) -> Principal | None:
+        id_token = token.get("id_token")
+        if not isinstance(id_token, str) or not id_token:
+            return None
+        # A refreshed id token carries no fresh nonce (OIDC Core 12.2).
+        return self._provider.verify_id_token(id_token, nonce=None)
+
+
+class AccessTokenInspection:
+    """The access token in the answer, inspected like a mobile app's (Facebook, Amazon)."""
+
+    uses_nonce = False
+
+    def __init__(self, provider: TokenProvider) -> None:
+        self._provider = provider
+
+    def login(self, token: Mapping[str, Any], *, nonce: str | None) -> Principal:
+        access_token = token.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            raise UpstreamError(
+                f"{self._provider.name}: the token endpoint returned no access token",
+                log_detail="token response without access_token",
+            )
+        return self._provider.verify_access_token(access_token)
+
+    def refreshed(self, token: Mapping[str, Any]) -> Principal | None:
+        return self.login(token, nonce=None)
+
+
+class AppleClientSecret:
+    """Sign in with Apple's client secret: an ES256 JWT signed with the team's key
+    (``iss`` team id, ``sub`` the services id, ``aud`` Apple), reused until half its life
+    has passed."""
+
+    def __init__(
+        self,
+        *,
+        team_id: str,
+        key_id: str,
+        private_key_pem: str,
+        client_id: str,
+        audience: str = APPLE_AUDIENCE,
+        lifetime: int = APPLE_CLIENT_SECRET_LIFETIME,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        key = load_pem_private_key(private_key_pem.encode(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+            raise ValueError("private_key: Apple's key is an EC P-256 key (a .p8 file)")
+        self._key = key
+        self._team_id = team_id
+        self._key_id = key_id
+        self._client_id = client_id
+        self._audience = audience
+        self._lifetime = lifetime
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._current: tuple[str, float] | None = None
+
+    def __repr__(self) -> str:
+        return f"AppleClientSecret(team_id={self._team_id!r}, key_id={self._key_id!r})"
+
+    def __call__(self) -> str:
+        now = self._clock()
+        with self._lock:
+            if self._current is not None and self._current[1] - now > self._lifetime / 2:
+                return self._current[0]
+            issued = int(now)
+            secret = jwt.encode(
+                {
+                    "iss": self._team_id,
+                    "iat": issued,
+                    "exp": issued + self._lifetime,
+                    "aud": self._audience,
+                    "sub": self._client_id,
+                },
+                self._key,
+                algorithm="ES256",
+                headers={"kid": self._key_id},
+            )
+            self._current = (secret, issued + self._lifetime)
+            return secret
+
+
+class OidcDiscovery:
+    """An issuer's discovery document, fetched on first use and kept; a failed fetch is
+    retried by the next login. The document must name the configured issuer and https
+    (or loopback) endpoints."""
+
+    def __init__(
+        self,
+        issuer: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        authorization_endpoint: str | None = None,
+        token_endpoint: str | None = None,
+    ) -> None:
+        self.issuer = issuer
+        self._timeouts = (connect_timeout, read_timeout)
+        self._overrides = (authorization_endpoint, token_endpoint)
+        self._lock = threading.Lock()
+        self._server: AuthorizationServer | None = None
+
+    def __call__(self) -> AuthorizationServer:
+        server = self._server
+        if server is not None:
+            return server
+        with self._lock:
+            if self._server is None:
+                self._server = self._fetch()
+            return self._server
+
+    def _fetch(self) -> AuthorizationServer:
+        url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        document = _get_json(url, "discovery document", self._timeouts)
+        if document.get("issuer") != self.issuer:
+            raise UpstreamUnavailable(
+                "identity provider metadata unusable",
+                log_detail=f"discovery document at {url} names another issuer",
+            )
+        authorize = self._overrides[0] or _endpoint(document, "authorization_endpoint", url)
+        token = self._overrides[1] or _endpoint(document, "token_endpoint", url)
+        end_session = document.get("end_session_endpoint")
+        if not (isinstance(end_session, str) and _is_https_or_loopback(end_session)):
+            end_session = None
+        methods = document.get("token_endpoint_auth_methods_supported")
+        # OIDC Discovery: client_secret_basic when the provider does not say.
+        basic = not isinstance(methods, list) or "client_secret_basic" in methods
+        return AuthorizationServer(
+            authorization_endpoint=authorize,
+            token_endpoint=token,
+            issuers=(self.issuer,),
+            sends_iss=document.get("authorization_response_iss_parameter_supported") is True,
+            end_session_endpoint=end_session,
+            token_auth_method="client_secret_basic" if basic else "client_secret_post",
+        )
+
+
+def _endpoint(document: Mapping[str, Any], name: str, url: str) -> str:
+    value = document.get(name)
+    if not isinstance(value, str) or not _is_https_or_loopback(value):
+        raise UpstreamUnavailable(
+            "identity provider metadata unusable",
+            log_detail=f"discovery document at {url}: unusable {name}",
+        )
+    return value
+
+
+def _is_https_or_loopback(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    if parts.scheme == "https":
+        return bool(parts.hostname)
+    return parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS
+
+
+def _get_json(url: str, what: str, timeouts: tuple[float, float]) -> dict[str, Any]:
+    try:
+        with requests.get(
+            url, timeout=timeouts, stream=True, allow_redirects=False,
+            headers={"Accept": "application/json"},
+        ) as response:
+            status = response.status_code
+            body = response.raw.read(MAX_DISCOVERY_BYTES + 1, decode_content=True)
+    except requests.Timeout:
+        raise UpstreamTimeout(
+            "identity provider did not answer in time", log_detail=f"{what} {url} timed out"
+        ) from None
+    except requests.RequestException as e:
+        raise UpstreamUnavailable(
+            "identity provider unreachable",
+            log_detail=f"{what} {url} unreachable: {type(e).__name__}",
+        ) from None
+    if status != 200 or len(body) > MAX_DISCOVERY_BYTES:
+        raise UpstreamUnavailable(
+            "identity provider metadata unavailable",
+            log_detail=f"{what} {url} answered HTTP {status} ({len(body)} bytes)",
+        )
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        document = None
+    if not isinstance(document, dict):
+        raise UpstreamUnavailable(
+            "identity provider metadata unusable", log_detail=f"{what} {url} is not a JSON object"
+        )
+    return document
+
+
+ServerSource = Callable[[], AuthorizationServer]
+SecretSource = Callable[[], str | None]
+
+
+class CodeFlowProvider:
+    """A ``RedirectProvider``: the authorization code flow with PKCE S256 for one provider.
+
+    ``server`` resolves the endpoints (discovery or configuration), ``client_secret``
+    gives the secret for each token request (``None``: a public client), ``verification``
+    turns the token answer into a principal. Safe to call from many threads: every call
+    uses its own ``OAuth2Session``.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        kind: str,
+        client_id: str,
+        client_secret: SecretSource,
+        scopes: tuple[str, ...],
+        server: ServerSource,
+        verification: Verification,
+        extra_authorize_params: Mapping[str, str] | None = None,
+        connect_timeout: float = 2.0,
+        read_timeout: float = 5.0,
+    ) -> None:
+        self._name = name
+        self.kind = kind
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.scopes = scopes
+        self._server = server
+        self._verification = verification
+        self._extra = dict(extra_authorize_params or {})
+        self._timeouts = (connect_timeout, read_timeout)
+
+    def __repr__(self) -> str:
+        return f"CodeFlowProvider(name={self._name!r}, kind={self.kind!r})"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def response_mode(self) -> str:
+        """``query`` (GET callback) or ``form_post`` (POST callback)."""
+        return self._extra.get("response_mode", "query")
+
+    def authorization_url(
+        self, *, redirect_uri: str, state: str, nonce: str, code_challenge: str
+    ) -> str:
+        server = self._server()
+        params: dict[str, str] = {
+            "response_type": "code",
+            "client_id": self.client_id,
+            "redirect_uri": redirect_uri,
+            "scope": " ".join(self.scopes),
+            "state": state,
+            "code_challenge": code_challenge,
+            "code_challenge_method": "S256",
+            **self._extra,
+        }
+        if self._verification.uses_nonce:
+            params["nonce"] = nonce
+        separator = "&" if urlsplit(server.authorization_endpoint).query else "?"
+        return server.authorization_endpoint + separator + urlencode(params)
+
+    def finish(
+        self,
+        *,
+        redirect_uri: str,
+        params: Mapping[str, str],
+        code_verifier: str,
+        nonce: str,
+    ) -> RedirectLogin:
+        server = self._server()
+        self._check_issuer(server, params.get("iss"))
+        error = params.get("error")
+        if error is not None:
+            raise _authorization_error(self._name, error)
+        code = params.get("code")
+        if not code:
+            raise InvalidRequest("the identity provider's answer has no code")
+        token = self._token_request(
+            server,
+            grant_type="authorization_code",
+            code=code,
+            code_verifier=code_verifier,
+            redirect_uri=redirect_uri,
+        )
+        principal = self._verification.login(token, nonce=nonce)
+        refresh_token = token.get("refresh_token")
+        return RedirectLogin(
+            principal=principal,
+            refresh_token=refresh_token if isinstance(refresh_token, str) else None,
+            end_session_url=self._end_session_url(server, token),
+        )
+
+    def refresh(self, refresh_token: str) -> Refreshed:
+        server = self._server()
+        try:
+            token = self._token_request(
+                server, grant_type="refresh_token", refresh_token=refresh_token
+            )
+            # A refreshed token that does not verify is a refusal too.
+            principal = self._verification.refreshed(token)
+        except InvalidToken as e:
+            raise ReauthenticationRequired(
+                "the identity provider no longer accepts this sign-in; sign in again",
+                log_detail=e.log_detail,
+            ) from None
+        renewed = token.get("refresh_token")
+        return Refreshed(
+            principal=principal,
+            refresh_token=renewed if isinstance(renewed, str) and renewed else refresh_token,
+        )
+
+    def _check_issuer(self, server: AuthorizationServer, iss: str | None) -> None:
+        if iss is None:
+            if server.sends_iss:
+                raise InvalidRequest(
+                    "the authorization response does not name its issuer",
+                    log_detail=f"{self._name}: iss missing although advertised (RFC 9207)",
+                )
+            return
+        if iss not in server.issuers:
+            raise InvalidRequest(
+                "the authorization response comes from another issuer",
+                log_detail=f"{self._name}: iss {iss[:80]!r} is not this provider's (RFC 9207)",
+            )
+
+    def _token_request(self, server: AuthorizationServer, **params: str) -> dict[str, Any]:
+        secret = self._client_secret()
+        method = server.token_auth_method if secret is not None else "none"
+        with OAuth2Session(
+            client_id=self.client_id,
+            client_secret=secret,
+            token_endpoint_auth_method=method,
+            scope=None,
+        ) as session:
+            grant_type = params.pop("grant_type")
+            try:
+                if grant_type == "refresh_token":
+                    token = session.refresh_token(
+                        server.token_endpoint, timeout=self._timeouts, allow_redirects=False,
+                        **params,
+                    )
+                else:
+                    token = session.fetch_token(
+                        server.token_endpoint, grant_type=grant_type, timeout=self._timeouts,
+                        allow_redirects=False, **params,
+                    )
+            except AuthlibBaseError as e:
+                raise _token_error(self._name, str(e.error), grant_type) from None
+            except requests.Timeout:
+                raise UpstreamTimeout(
+                    f"{self._name}: the token endpoint did not answer in time",
+                    log_detail=f"{grant_type} at {server.token_endpoint} timed out",
+                ) from None
+            except requests.HTTPError as e:
+                status = e.response.status_code if e.response is not None else 0
+                raise UpstreamError(
+                    f"{self._name}: the token endpoint failed",
+                    log_detail=f"{grant_type} at {server.token_endpoint}: HTTP {status}",
+                ) from None
+            except requests.RequestException as e:
+                raise UpstreamUnavailable(
+                    f"{self._name}: the token endpoint is unreachable",
+                    log_detail=f"{grant_type} at {server.token_endpoint}: {type(e).__name__}",
+                ) from None
+            except ValueError:
+                raise UpstreamError(
+                    f"{self._name}: the token endpoint answered nonsense",
+                    log_detail=f"{grant_type} at {server.token_endpoint}: not a JSON object",
+                ) from None
+        return dict(token)
+
+    def _end_session_url(self, server: AuthorizationServer, token: Mapping[str, Any]) -> str | None:
+        if server.end_session_endpoint is None:
+            return None
+        params = {"client_id": self.client_id}
+        id_token = token.get("id_token")
+        if isinstance(id_token, str) and id_token:
+            params["id_token_hint"] = id_token
+        separator = "&" if urlsplit(server.end_session_endpoint).query else "?"
+        return server.end_session_endpoint + separator + urlencode(params)
+
+
+def _authorization_error(provider: str, error: str) -> BrokerError:
+    shown = error if error.replace("_", "").isalnum() and len(error) <= 64 else "malformed"
+    if error in _USER_REFUSALS:
+        return AccessDenied(
+            "the sign-in was cancelled or refused at the identity provider",
+            log_detail=f"{provider}: authorization error {shown}",
+        )
+    if error == "temporarily_unavailable":
+        return UpstreamUnavailable(
+            f"{provider}: the identity provider is temporarily unavailable",
+            log_detail=f"{provider}: authorization error {shown}",
+        )
+    return UpstreamError(
+        f"{provider}: the identity provider refused the sign-in request",
+        log_detail=f"{provider}: authorization error {shown}",
+    )
+
+
+def _token_error(provider: str, error: str, grant_type: str) -> BrokerError:
+    shown = error if error.replace("_", "").isalnum() and len(error) <= 64 else "malformed"
+    detail = f"{provider}: {grant_type} refused with {shown}"
+    if error in ("invalid_grant", "invalid_request"):
+        # A code that is unknown, used, expired, for another client, or whose PKCE
+        # verifier does not match; or a refresh token that was revoked.
+        return InvalidToken("the identity provider refused the grant", log_detail=detail)
+    return UpstreamError(f"{provider}: the token endpoint refused the broker", log_detail=detail)
+
+
+# -- construction ------------------------------------------------------------------------
+
+
+def _static_secret(value: Any) -> SecretSource:
+    secret = value.get_secret_value() if value is not None else None
+    return lambda: secret
+
+
+def _id_token_verifier(token_provider: TokenProvider | None, client_id: str) -> Verification:
+    if not isinstance(token_provider, IdTokenProvider):
+        raise ValueError("the browser login needs this provider's id-token verifier")
+    return IdTokenVerification(token_provider.for_browser(client_id))
+
+
+def _inspector(token_provider: TokenProvider | None) -> Verification:
+    if token_provider is None or not token_provider.accepts_access_token:
+        raise ValueError("the browser login needs this provider's access-token inspection")
+    return AccessTokenInspection(token_provider)
+
+
+def build_redirect_providers(
+    config: BrokerConfig, token_providers: Mapping[str, TokenProvider]
+) -> dict[str, RedirectProvider]:
+    """A ``CodeFlowProvider`` for every provider entry that has what a browser login needs
+    (google: ``client_secret``; apple: ``team_id``/``key_id``/``private_key``; amazon:
+    ``client_secret``; oidc, cognito_user_pool and facebook: always), keyed by name. The
+    first of ``client_ids`` is the web client. Raises ``ConfigError`` for an unusable
+    Apple key."""
+    built: dict[str, RedirectProvider] = {}
+    problems: list[str] = []
+    timeouts = config.aws.timeouts
+    common = {"connect_timeout": timeouts.connect, "read_timeout": timeouts.read}
+    for index, p in enumerate(config.providers):
+        verifier = token_providers.get(p.name)
+        try:
+            provider = _build_one(p, verifier, common)
+        except ValueError as e:
+            problems.append(f"providers[{index}].{e}")
+            continue
+        if provider is not None:
+            built[p.name] = provider
+    if problems:
+        raise ConfigError(problems)
+    return built
+
+
+def _build_one(
+    p: Any, verifier: TokenProvider | None, common: Mapping[str, float]
+) -> CodeFlowProvider | None:
+    connect, read = common["connect_timeout"], common["read_timeout"]
+    if isinstance(p, OidcProvider):
+        return CodeFlowProvider(
+            name=p.name, kind=p.kind, client_id=p.client_id,
+            client_secret=_static_secret(p.client_secret),
+            scopes=p.scopes if "openid" in p.scopes else ("openid", *p.scopes),
+            server=OidcDiscovery(p.issuer, connect_timeout=connect, read_timeout=read),
+            verification=_id_token_verifier(verifier, p.client_id),
+            connect_timeout=connect, read_timeout=read,
+        )
+    if isinstance(p, CognitoUserPoolProvider):
+        client_id = p.client_ids[0]
+        server: ServerSource
+        if p.authorize_url is not None and p.token_url is not None:
+            server = _fixed(AuthorizationServer(p.authorize_url, p.token_url, (p.issuer,)))
+        else:
+            server = OidcDiscovery(
+                p.issuer, connect_timeout=connect, read_timeout=read,
+                authorization_endpoint=p.authorize_url, token_endpoint=p.token_url,
+            )
+        return CodeFlowProvider(
+            name=p.name, kind=p.kind, client_id=client_id,
+            client_secret=_static_secret(p.client_secret),
+            scopes=("openid", "email", "profile"), server=server,
+            verification=_id_token_verifier(verifier, client_id),
+            connect_timeout=connect, read_timeout=read,
+        )
+    if isinstance(p, GoogleProvider):
+        if p.client_secret is None:
+            return None
+        client_id = p.client_ids[0]
+        return CodeFlowProvider(
+            name=p.name, kind=p.kind, client_id=client_id,
+            client_secret=_static_secret(p.client_secret),
+            scopes=("openid", "email", "profile"),
+            server=_fixed(
+                AuthorizationServer(p.authorize_url, p.token_url, google_issuers(p.issuer))
+            ),
+            verification=_id_token_verifier(verifier, client_id),
+            connect_timeout=connect, read_timeout=read,
+        )
+    if isinstance(p, AppleProvider):
+        if p.team_id is None or p.key_id is None or p.private_key is None:
+            return None
+        client_id = p.client_ids[0]
+        try:
+            secret = AppleClientSecret(
+                team_id=p.team_id, key_id=p.key_id,
+                private_key_pem=p.private_key.get_secret_value(), client_id=client_id,
+                audience=p.issuer,
+            )
+        except ValueError as e:
+            message = str(e) if str(e).startswith("private_key") else "private_key: not a PEM key"
+            raise ValueError(message) from None
+        return CodeFlowProvider(
+            name=p.name, kind=p.kind, client_id=client_id, client_secret=secret,
+            scopes=("name", "email"),
+            server=_fixed(AuthorizationServer(p.authorize_url, p.token_url, (p.issuer,))),
+            verification=_id_token_verifier(verifier, client_id),
+            # Apple posts the answer when names or e-mail are asked for.
+            extra_authorize_params={"response_mode": "form_post"},
+            connect_timeout=connect, read_timeout=read,
+        )
+    if isinstance(p, FacebookProvider):
+        return CodeFlowProvider(
+            name=p.name, kind=p.kind, client_id=p.app_id,
+            client_secret=_static_secret(p.app_secret),
+            scopes=("public_profile", "email"),
+            server=_fixed(AuthorizationServer(p.authorize_url, p.token_url, (p.issuer,))),
+            verification=_inspector(verifier),
+            connect_timeout=connect, read_timeout=read,
+        )
+    if isinstance(p, AmazonProvider):
+        if p.client_secret is None:
+            return None
+        return CodeFlowProvider(
+            name=p.name, kind=p.kind, client_id=p.client_ids[0],
+            client_secret=_static_secret(p.client_secret),
+            scopes=("profile",),
+            server=_fixed(AuthorizationServer(p.authorize_url, p.token_url, (p.issuer,))),
+            verification=_inspector(verifier),
+            connect_timeout=connect, read_timeout=read,
+        )
+    return None
+
+
+def _fixed(server: AuthorizationServer) -> ServerSource:
+    return lambda: server

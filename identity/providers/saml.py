@@ -1,0 +1,773 @@
+"""SAML 2.0 Web SSO, service-provider side, through python3-saml in strict mode.
+
+One ``SamlServiceProvider`` per ``kind: saml`` entry (``build_saml_providers``). The
+caller owns the browser transaction: it picks an opaque RelayState, calls
+``authorization_request`` and stores the returned AuthnRequest id under that RelayState;
+at the ACS it takes the id back (once) and calls ``finish``, which returns the verified
+``Principal`` or raises a ``BrokerError``.
+
+What ``finish`` enforces, beyond python3-saml's strict mode (``wantAssertionsSigned``,
+``rejectDeprecatedAlgorithm``, schema validation, one assertion per response):
+
+* before any signature is checked: a ``samlp:Response`` root, no encrypted elements, and
+  every ``ds:Signature`` with one same-document Reference to its parent's ID, SHA-2
+  digests and signature methods, and only c14n and enveloped-signature transforms;
+* the Conditions window widened by the provider's ``leeway`` (not the library-wide
+  ``ALLOWED_CLOCK_DRIFT``); SubjectConfirmationData and SessionNotOnOrAfter are checked
+  by the library without skew;
+* InResponseTo on the Response and on the bearer SubjectConfirmationData equal to the
+  stored AuthnRequest id (absent for an allowed IdP-initiated sign-in), Recipient and a
+  present Destination equal to the ACS URL exactly, every AudienceRestriction naming the
+  SP, a bearer confirmation with NotOnOrAfter;
+* each assertion ID accepted once until it expires (a replay cache in the ``Store``).
+
+Identity comes only from the verified assertion, read through python3-saml's getters
+after ``is_valid``. The library's reason for a refusal goes to ``log_detail`` only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from lxml import etree
+from onelogin.saml2.auth import OneLogin_Saml2_Auth
+from onelogin.saml2.constants import OneLogin_Saml2_Constants as Saml2
+from onelogin.saml2.errors import OneLogin_Saml2_Error, OneLogin_Saml2_ValidationError
+from onelogin.saml2.response import OneLogin_Saml2_Response
+from onelogin.saml2.settings import OneLogin_Saml2_Settings
+from onelogin.saml2.utils import OneLogin_Saml2_Utils
+from onelogin.saml2.xml_utils import OneLogin_Saml2_XML
+
+from identity.config import BrokerConfig
+from identity.config import SamlProvider as SamlProviderConfig
+from identity.errors import (
+    AccessDenied,
+    BrokerError,
+    ConfigError,
+    InternalError,
+    InvalidToken,
+    PayloadTooLarge,
+)
+from identity.models import Principal
+from identity.providers.saml_metadata import (
+    FileMetadataSource,
+    IdpMetadata,
+    MetadataCache,
+    MetadataSource,
+    UrlMetadataSource,
+    parse_idp_metadata,
+)
+from identity.store import Store
+
+logger = logging.getLogger(__name__)
+
+MAX_SAML_RESPONSE_BYTES: Final = 1024 * 1024
+# SAML bindings 3.4.3: an SP's RelayState MUST NOT exceed 80 bytes.
+MAX_RELAY_STATE_BYTES: Final = 80
+SP_METADATA_TTL: Final = 3600.0
+
+_NS: Final = {"samlp": Saml2.NS_SAMLP, "saml": Saml2.NS_SAML, "ds": Saml2.NS_DS}
+_SIGNATURE_METHODS: Final = frozenset(
+    {
+        Saml2.RSA_SHA256,
+        Saml2.RSA_SHA384,
+        Saml2.RSA_SHA512,
+        "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256",
+        "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384",
+        "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha512",
+    }
+)
+_DIGEST_METHODS: Final = frozenset({Saml2.SHA256, Saml2.SHA384, Saml2.SHA512})
+_CANONICALIZATIONS: Final = frozenset(
+    {
+        "http://www.w3.org/2001/10/xml-exc-c14n#",
+        "http://www.w3.org/TR/2001/REC-xml-c14n-20010315",
+        "http://www.w3.org/2006/12/xml-c14n11",
+    }
+)
+_TRANSFORMS: Final = _CANONICALIZATIONS | {"http://www.w3.org/2000/09/xmldsig#enveloped-signature"}
+_ENCRYPTED: Final = "//saml:EncryptedAssertion | //saml:EncryptedID | //saml:EncryptedAttribute"
+
+_STATUS: Final = "urn:oasis:names:tc:SAML:2.0:status:"
+# Second-level status codes by which an IdP says it refused this user.
+_REFUSALS: Final = frozenset(
+    _STATUS + code
+    for code in ("AuthnFailed", "RequestDenied", "UnknownPrincipal", "NoAuthnContext")
+)
+# Claim names the assertion's subject fills; attributes never take them.
+_RESERVED_CLAIMS: Final = frozenset({"name_id", "name_id_format", "session_index"})
+
+_V = OneLogin_Saml2_ValidationError
+_SAFE_REASONS: Final[Mapping[int, str]] = {
+    **dict.fromkeys(
+        (
+            _V.WRONG_SIGNED_ELEMENT,
+            _V.ID_NOT_FOUND_IN_SIGNED_ELEMENT,
+            _V.DUPLICATED_ID_IN_SIGNED_ELEMENTS,
+            _V.INVALID_SIGNED_ELEMENT,
+            _V.DUPLICATED_REFERENCE_IN_SIGNED_ELEMENTS,
+            _V.UNEXPECTED_SIGNED_ELEMENTS,
+            _V.WRONG_NUMBER_OF_SIGNATURES_IN_RESPONSE,
+            _V.WRONG_NUMBER_OF_SIGNATURES_IN_ASSERTION,
+            _V.WRONG_NUMBER_OF_SIGNATURES,
+            _V.NO_SIGNED_MESSAGE,
+            _V.NO_SIGNED_ASSERTION,
+            _V.NO_SIGNATURE_FOUND,
+            _V.INVALID_SIGNATURE,
+            _V.DEPRECATED_SIGNATURE_METHOD,
+            _V.DEPRECATED_DIGEST_METHOD,
+        ),
+        "signature not accepted",
+    ),
+    _V.WRONG_NUMBER_OF_ASSERTIONS: "expected exactly one assertion",
+    _V.WRONG_INRESPONSETO: "response to another request",
+    _V.ASSERTION_TOO_EARLY: "assertion not yet valid",
+    _V.ASSERTION_EXPIRED: "assertion expired",
+    _V.RESPONSE_EXPIRED: "assertion expired",
+    _V.SESSION_EXPIRED: "assertion expired",
+    _V.WRONG_DESTINATION: "wrong destination",
+    _V.EMPTY_DESTINATION: "wrong destination",
+    _V.WRONG_AUDIENCE: "audience not accepted",
+    _V.ISSUER_MULTIPLE_IN_RESPONSE: "issuer not accepted",
+    _V.ISSUER_NOT_FOUND_IN_ASSERTION: "issuer not accepted",
+    _V.WRONG_ISSUER: "issuer not accepted",
+    _V.WRONG_SUBJECTCONFIRMATION: "subject confirmation failed",
+    _V.NO_NAMEID: "assertion names no subject",
+    _V.EMPTY_NAMEID: "assertion names no subject",
+    _V.SP_NAME_QUALIFIER_NAME_MISMATCH: "name qualifier not accepted",
+    _V.STATUS_CODE_IS_NOT_SUCCESS: "identity provider returned an error",
+}
+
+
+def acs_path(name: str) -> str:
+    """The ACS path of provider ``name``, below ``service.public_url``."""
+    return f"/v1/saml/{name}/acs"
+
+
+def metadata_path(name: str) -> str:
+    """The SP metadata path of provider ``name``, below ``service.public_url``."""
+    return f"/v1/saml/{name}/metadata"
+
+
+def prepare_request(
+    public_url: str,
+    path: str,
+    post_data: Mapping[str, str],
+    get_data: Mapping[str, str],
+) -> dict[str, Any]:
+    """The request as python3-saml wants it (``https``, ``http_host``, ``script_name``,
+    ``get_data``, ``post_data``), with scheme, host and port taken from
+    ``service.public_url`` and never from the request, so it holds behind any proxy.
+
+    ``path`` is the route below the public URL (``acs_path(name)``). The port stays in
+    ``http_host``; the deprecated ``server_port`` key is not used.
+    """
+    parts = urlsplit(public_url)
+    return {
+        "https": "on" if parts.scheme == "https" else "off",
+        "http_host": parts.netloc,
+        "script_name": parts.path.rstrip("/") + path,
+        "get_data": dict(get_data),
+        "post_data": dict(post_data),
+    }
+
+
+class _Response(OneLogin_Saml2_Response):  # type: ignore[misc]  # python3-saml is untyped
+    """python3-saml's Response with the Conditions window widened by the provider's
+    ``leeway`` instead of the process-wide ``ALLOWED_CLOCK_DRIFT``."""
+
+    def __init__(self, settings: OneLogin_Saml2_Settings, response: str, *, leeway: int) -> None:
+        super().__init__(settings, response)
+        self.leeway = leeway
+
+    def validate_timestamps(self, raise_exceptions: bool = False) -> bool:
+        now = OneLogin_Saml2_Utils.now()
+        try:
+            for conditions in self._query_assertion("/saml:Conditions"):
+                not_before = conditions.get("NotBefore")
+                not_on_or_after = conditions.get("NotOnOrAfter")
+                if not_before and _saml_time(not_before) > now + self.leeway:
+                    raise _V("assertion not yet valid", _V.ASSERTION_TOO_EARLY)
+                if not_on_or_after and _saml_time(not_on_or_after) + self.leeway <= now:
+                    raise _V("assertion expired", _V.ASSERTION_EXPIRED)
+        except (_V, InvalidToken):
+            if raise_exceptions:
+                raise
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class _IdpContext:
+    """One version of the IdP's metadata and the python3-saml settings built from it."""
+
+    metadata: IdpMetadata
+    settings: OneLogin_Saml2_Settings
+
+
+class SamlConfigProblem(ValueError):
+    """A problem with one key of a ``kind: saml`` entry."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+class SamlServiceProvider:
+    """A SAML 2.0 SP for one IdP. Built once at start-up; safe for concurrent use.
+
+    ``metadata_cache`` holds the IdP's metadata (see ``MetadataCache``). Raises
+    ``SamlConfigProblem`` for an unusable SP key or certificate.
+    """
+
+    kind: Final = "saml"
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        public_url: str,
+        sp_entity_id: str,
+        metadata_source: MetadataSource,
+        store: Store,
+        leeway: int = 60,
+        allow_idp_initiated: bool = False,
+        sp_key: str | None = None,
+        sp_cert: str | None = None,
+        refresh_interval: float = 6 * 3600.0,
+        retry_interval: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if (sp_key is None) != (sp_cert is None):
+            raise SamlConfigProblem("sp_key", "sp_key and sp_cert go together")
+        if sp_key is not None and sp_cert is not None:
+            _check_key_pair(sp_key, sp_cert)
+        self._name = name
+        self._public_url = public_url.rstrip("/")
+        self.entity_id = sp_entity_id
+        self.acs_url = self._public_url + acs_path(name)
+        self.metadata_url = self._public_url + metadata_path(name)
+        self.allow_idp_initiated = allow_idp_initiated
+        self._store = store
+        self._leeway = leeway
+        self._sp_key = sp_key
+        self._sp_cert = sp_cert
+        self._clock = clock
+        self._sp_settings = self._settings(None)
+        self._sp_metadata_lock = threading.Lock()
+        self._sp_metadata: tuple[str, float] | None = None
+        try:
+            self.metadata()
+        except InternalError as e:
+            raise SamlConfigProblem("sp_entity_id", e.log_detail or e.detail) from None
+        self.metadata_cache: MetadataCache[_IdpContext] = MetadataCache(
+            metadata_source,
+            self._idp_context,
+            refresh_interval=refresh_interval,
+            retry_interval=retry_interval,
+            clock=clock,
+        )
+
+    def __repr__(self) -> str:
+        return f"SamlServiceProvider(name={self._name!r}, entity_id={self.entity_id!r})"
+
+    @property
+    def name(self) -> str:
+        """The configured provider name (``providers[].name``)."""
+        return self._name
+
+    def ready(self) -> bool:
+        """Whether the IdP's metadata is loaded (sign-ins can start)."""
+        return self.metadata_cache.loaded
+
+    # ------------------------------------------------------------------ login
+
+    def authorization_request(self, relay_state: str) -> tuple[str, str]:
+        """A new AuthnRequest: the IdP URL to redirect the browser to (HTTP-Redirect
+        binding, signed when the SP has a key) and the request's ID, which the caller
+        stores under ``relay_state`` and hands back to ``finish``.
+
+        ``relay_state`` is the caller's opaque transaction id, 1..80 bytes (ValueError
+        otherwise). Raises ``UpstreamUnavailable`` while no IdP metadata is held.
+        """
+        if not relay_state or len(relay_state.encode("utf-8")) > MAX_RELAY_STATE_BYTES:
+            raise ValueError(f"relay_state must be 1..{MAX_RELAY_STATE_BYTES} bytes")
+        idp = self.metadata_cache.current()
+        auth = OneLogin_Saml2_Auth(self._request_data({}), idp.settings)
+        url = auth.login(return_to=relay_state)
+        return str(url), str(auth.get_last_request_id())
+
+    # ------------------------------------------------------------------ ACS
+
+    def finish(
+        self, saml_response_b64: str, *, request_id: str | None, relay_state: str | None
+    ) -> Principal:
+        """Verify the posted ``SAMLResponse`` and return the principal it asserts.
+
+        ``request_id`` is the stored id of the AuthnRequest this response answers, or
+        ``None`` for an IdP-initiated (unsolicited) response, which is refused unless the
+        provider sets ``allow_idp_initiated``. A solicited response must come back with
+        the caller's ``relay_state``; an unsolicited one may carry any (the caller checks
+        it like ``return_to``).
+
+        Raises ``PayloadTooLarge`` for a response over 1 MiB, ``AccessDenied`` when the
+        IdP's status says it refused the user, ``InvalidToken`` for everything else that
+        does not verify (including a replayed assertion), and ``UpstreamUnavailable``
+        while no IdP metadata is held. The principal's ``issuer`` is the IdP's entity
+        id, ``subject`` the NameID; ``claims`` hold ``name_id``, ``name_id_format``,
+        ``session_index`` and every attribute by Name and by FriendlyName (one value: a
+        string; several or none: a list; a Name wins over an equal FriendlyName); the
+        session ends at SessionNotOnOrAfter, else at the confirmation's NotOnOrAfter.
+        """
+        if not isinstance(saml_response_b64, str):
+            raise InvalidToken("malformed SAML response", log_detail="SAMLResponse is not text")
+        if len(saml_response_b64) > MAX_SAML_RESPONSE_BYTES:
+            raise PayloadTooLarge(
+                "SAML response too large",
+                log_detail=f"SAMLResponse of {len(saml_response_b64)} bytes",
+            )
+        if request_id is None and not self.allow_idp_initiated:
+            raise InvalidToken(
+                "unsolicited response",
+                log_detail=f"IdP-initiated sign-in is not allowed for provider {self._name!r}",
+            )
+        if request_id is not None and not relay_state:
+            raise InvalidToken("missing RelayState", log_detail="solicited response without it")
+
+        encoded, document = _decode(saml_response_b64)
+        _check_structure(document)
+        _check_status(document)
+
+        idp = self.metadata_cache.current()
+        try:
+            response = _Response(idp.settings, encoded, leeway=self._leeway)
+            response.is_valid(
+                self._request_data({"SAMLResponse": encoded}), request_id, raise_exceptions=True
+            )
+        except _V as e:
+            raise _refusal(e) from None
+        except BrokerError:
+            raise
+        except Exception as e:  # python3-saml and xmlsec raise bare and assorted exceptions
+            raise InvalidToken(
+                "SAML response not accepted", log_detail=f"python3-saml: {_excerpt(e)}"
+            ) from e
+
+        root = response.document
+        confirmed_until = self._check_binding(root, request_id)
+        try:
+            name_id = response.get_nameid_data()
+            session_index = response.get_session_index()
+            session_until = response.get_session_not_on_or_after()
+            by_name = response.get_attributes()
+            by_friendly_name = response.get_friendlyname_attributes()
+        except _V as e:
+            raise _refusal(e) from None
+        except Exception as e:  # python3-saml raises bare exceptions
+            raise InvalidToken(
+                "SAML response not accepted", log_detail=f"python3-saml: {_excerpt(e)}"
+            ) from e
+        subject = name_id.get("Value")
+        if not isinstance(subject, str) or not subject:
+            raise InvalidToken("assertion names no subject", log_detail="empty NameID")
+
+        assertion = root.xpath("/samlp:Response/saml:Assertion", namespaces=_NS)[0]
+        self._accept_once(assertion.get("ID", ""), self._replay_window(assertion, confirmed_until))
+
+        claims = _claims(by_name, by_friendly_name)
+        claims["name_id"] = subject
+        if name_id.get("Format"):
+            claims["name_id_format"] = name_id["Format"]
+        if session_index:
+            claims["session_index"] = session_index
+        return Principal(
+            provider=self._name,
+            issuer=idp.metadata.entity_id,
+            subject=subject,
+            claims=claims,
+            token_expires_at=datetime.fromtimestamp(session_until or confirmed_until, UTC),
+        )
+
+    def _check_binding(self, root: etree._Element, request_id: str | None) -> int:
+        """The checks python3-saml leaves loose; returns the accepted bearer
+        confirmation's NotOnOrAfter (Unix time)."""
+        in_response_to = root.get("InResponseTo")
+        if in_response_to != request_id:
+            if request_id is not None and in_response_to is None:
+                raise InvalidToken(
+                    "unsolicited response",
+                    log_detail=f"no InResponseTo; expected request {_excerpt(request_id)}",
+                )
+            raise InvalidToken(
+                "response to another request",
+                log_detail=f"InResponseTo {_excerpt(in_response_to)}, "
+                f"expected {_excerpt(request_id)}",
+            )
+        destination = root.get("Destination")
+        if destination is not None and destination != self.acs_url:
+            raise InvalidToken(
+                "wrong destination", log_detail=f"Destination {_excerpt(destination)}"
+            )
+
+        assertion = root.xpath("/samlp:Response/saml:Assertion", namespaces=_NS)
+        if len(assertion) != 1:
+            raise InvalidToken("expected exactly one assertion", log_detail="after validation")
+        restrictions = assertion[0].xpath(
+            "saml:Conditions/saml:AudienceRestriction", namespaces=_NS
+        )
+        if not restrictions:
+            raise InvalidToken("audience not accepted", log_detail="no AudienceRestriction")
+        for restriction in restrictions:
+            audiences = [a.text for a in restriction.xpath("saml:Audience", namespaces=_NS)]
+            if self.entity_id not in audiences:
+                raise InvalidToken(
+                    "audience not accepted", log_detail=f"Audience {_excerpt(audiences)}"
+                )
+
+        now = OneLogin_Saml2_Utils.now()
+        for data in assertion[0].xpath(
+            "saml:Subject/saml:SubjectConfirmation[@Method=$bearer]/saml:SubjectConfirmationData",
+            bearer=Saml2.CM_BEARER,
+            namespaces=_NS,
+        ):
+            not_on_or_after = data.get("NotOnOrAfter")
+            if (
+                data.get("Recipient") == self.acs_url
+                and data.get("InResponseTo") == request_id
+                and not_on_or_after is not None
+            ):
+                until = _saml_time(not_on_or_after)
+                if until > now:
+                    return until
+        raise InvalidToken(
+            "subject confirmation failed",
+            log_detail=f"no current bearer confirmation for {self.acs_url} "
+            f"in response to {_excerpt(request_id)} with NotOnOrAfter",
+        )
+
+    def _replay_window(self, assertion: etree._Element, confirmed_until: int) -> float:
+        """Seconds for which the assertion could still be accepted."""
+        until = confirmed_until
+        for conditions in assertion.xpath("saml:Conditions[@NotOnOrAfter]", namespaces=_NS):
+            until = max(until, _saml_time(conditions.get("NotOnOrAfter")))
+        return max(1.0, until + self._leeway - time.time())
+
+    def _accept_once(self, assertion_id: str, ttl: float) -> None:
+        digest = hashlib.sha256(f"{self._name}\0{assertion_id}".encode()).hexdigest()
+        if not self._store.set_if_absent(f"saml-assertion:{digest}", b"1", ttl):
+            raise InvalidToken(
+                "assertion already used", log_detail=f"replayed assertion {digest[:16]}"
+            )
+
+    # ------------------------------------------------------------------ SP metadata
+
+    def metadata(self) -> str:
+        """The SP metadata XML (entity id, ACS URL, signing certificate when the SP has a
+        key; then also signed), checked with python3-saml's ``validate_metadata``. It is
+        valid for two days and rebuilt every hour."""
+        with self._sp_metadata_lock:
+            cached = self._sp_metadata
+            if cached is not None and self._clock() - cached[1] < SP_METADATA_TTL:
+                return cached[0]
+            try:
+                built = self._sp_settings.get_sp_metadata()
+            except OneLogin_Saml2_Error as e:
+                raise InternalError(log_detail=f"SP metadata cannot be built: {e}") from None
+            xml = built.decode("utf-8") if isinstance(built, bytes) else str(built)
+            errors = self._sp_settings.validate_metadata(xml)
+            if errors:
+                raise InternalError(log_detail=f"SP metadata does not validate: {errors}")
+            self._sp_metadata = (xml, self._clock())
+            return xml
+
+    # ------------------------------------------------------------------ settings
+
+    def _request_data(self, post_data: Mapping[str, str]) -> dict[str, Any]:
+        return prepare_request(self._public_url, acs_path(self._name), post_data, {})
+
+    def _idp_context(self, document: bytes) -> _IdpContext:
+        metadata = parse_idp_metadata(document)
+        if metadata.want_authn_requests_signed and self._sp_key is None:
+            logger.warning(
+                "SAML provider %s: the IdP wants signed AuthnRequests; set sp_key and sp_cert",
+                self._name,
+            )
+        return _IdpContext(metadata=metadata, settings=self._settings(metadata))
+
+    def _settings(self, idp: IdpMetadata | None) -> OneLogin_Saml2_Settings:
+        signing = self._sp_key is not None
+        settings: dict[str, Any] = {
+            "strict": True,
+            "debug": False,
+            "sp": {
+                "entityId": self.entity_id,
+                "assertionConsumerService": {
+                    "url": self.acs_url,
+                    "binding": Saml2.BINDING_HTTP_POST,
+                },
+                "NameIDFormat": Saml2.NAMEID_UNSPECIFIED,
+                "x509cert": self._sp_cert or "",
+                "privateKey": self._sp_key or "",
+            },
+            "security": {
+                "authnRequestsSigned": signing,
+                "signMetadata": signing,
+                "logoutRequestSigned": False,
+                "logoutResponseSigned": False,
+                "wantMessagesSigned": False,
+                "wantAssertionsSigned": True,
+                "wantAssertionsEncrypted": False,
+                "wantNameIdEncrypted": False,
+                "wantNameId": True,
+                # NameID-only IdPs are common; the mapping decides which claims it needs.
+                "wantAttributeStatement": False,
+                "requestedAuthnContext": False,
+                "failOnAuthnContextMismatch": False,
+                "rejectDeprecatedAlgorithm": True,
+                # Repeated Names or FriendlyNames merge into one list instead of failing.
+                "allowRepeatAttributeName": True,
+                "signatureAlgorithm": Saml2.RSA_SHA256,
+                "digestAlgorithm": Saml2.SHA256,
+                # URLs come from the validated config; intranet hosts may have one label.
+                "allowSingleLabelDomains": True,
+            },
+        }
+        if idp is not None:
+            settings["idp"] = {
+                "entityId": idp.entity_id,
+                "singleSignOnService": {
+                    "url": idp.sso_url,
+                    "binding": Saml2.BINDING_HTTP_REDIRECT,
+                },
+                "x509certMulti": {"signing": list(idp.signing_certificates)},
+            }
+        try:
+            return OneLogin_Saml2_Settings(settings, sp_validation_only=idp is None)
+        except OneLogin_Saml2_Error as e:
+            if idp is None:
+                raise SamlConfigProblem("sp_entity_id", f"python3-saml refuses it: {e}") from None
+            raise ValueError(f"python3-saml refuses the IdP metadata: {e}") from None
+
+
+# ---------------------------------------------------------------------- checks
+
+
+def _decode(value: str) -> tuple[str, etree._Element]:
+    """The base64 text without line breaks, and the document parsed with python3-saml's
+    parser (no DTD, no entities, no network, comments dropped)."""
+    # Base64 from IdPs may be wrapped in lines; nothing else outside the alphabet passes.
+    encoded = "".join(value.split())
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidToken(
+            "malformed SAML response", log_detail="SAMLResponse is not base64"
+        ) from None
+    try:
+        return encoded, OneLogin_Saml2_XML.to_etree(raw)
+    except (etree.LxmlError, ValueError) as e:
+        raise InvalidToken(
+            "malformed SAML response", log_detail=f"not acceptable XML: {_excerpt(e)}"
+        ) from None
+
+
+def _check_structure(root: etree._Element) -> None:
+    """Refuse what the signature check should never see: another root, encrypted
+    elements, and signatures that are not one SHA-2 reference to their parent."""
+    if root.tag != f"{{{Saml2.NS_SAMLP}}}Response":
+        raise InvalidToken("malformed SAML response", log_detail=f"root element {root.tag}")
+    if root.xpath(_ENCRYPTED, namespaces=_NS):
+        raise InvalidToken(
+            "encrypted assertions are not supported", log_detail="encrypted element present"
+        )
+    for signature in root.xpath("//ds:Signature", namespaces=_NS):
+        problem = _signature_problem(signature)
+        if problem is not None:
+            raise InvalidToken("signature not accepted", log_detail=problem)
+
+
+def _signature_problem(signature: etree._Element) -> str | None:
+    signed_info = signature.xpath("ds:SignedInfo", namespaces=_NS)
+    if len(signed_info) != 1:
+        return "a Signature without exactly one SignedInfo"
+    info = signed_info[0]
+    methods = info.xpath("ds:CanonicalizationMethod/@Algorithm", namespaces=_NS)
+    if len(methods) != 1 or methods[0] not in _CANONICALIZATIONS:
+        return f"canonicalization {_excerpt(methods)}"
+    methods = info.xpath("ds:SignatureMethod/@Algorithm", namespaces=_NS)
+    if len(methods) != 1 or methods[0] not in _SIGNATURE_METHODS:
+        return f"signature method {_excerpt(methods)}"
+    references = info.xpath("ds:Reference", namespaces=_NS)
+    if len(references) != 1:
+        return f"{len(references)} References in one Signature"
+    reference = references[0]
+    parent = signature.getparent()
+    parent_id = parent.get("ID") if parent is not None else None
+    if not parent_id or reference.get("URI") != "#" + parent_id:
+        return f"Reference URI {_excerpt(reference.get('URI'))} is not its parent's ID"
+    digests = reference.xpath("ds:DigestMethod/@Algorithm", namespaces=_NS)
+    if len(digests) != 1 or digests[0] not in _DIGEST_METHODS:
+        return f"digest method {_excerpt(digests)}"
+    transforms = reference.xpath("ds:Transforms/ds:Transform/@Algorithm", namespaces=_NS)
+    if not set(transforms) <= _TRANSFORMS:
+        return f"transforms {_excerpt(transforms)}"
+    return None
+
+
+def _check_status(root: etree._Element) -> None:
+    """Turn a non-success status into ``AccessDenied`` (the IdP refused the user:
+    top-level Responder, or AuthnFailed, RequestDenied, UnknownPrincipal, NoAuthnContext)
+    or ``InvalidToken`` (anything else, e.g. Requester or VersionMismatch)."""
+    codes = root.xpath("samlp:Status/samlp:StatusCode/@Value", namespaces=_NS)
+    if len(codes) != 1:
+        raise InvalidToken("malformed SAML response", log_detail="no single StatusCode")
+    top = codes[0]
+    if top == Saml2.STATUS_SUCCESS:
+        return
+    second = root.xpath("samlp:Status/samlp:StatusCode/samlp:StatusCode/@Value", namespaces=_NS)
+    messages = root.xpath("samlp:Status/samlp:StatusMessage", namespaces=_NS)
+    log_detail = f"status {_excerpt(top)} / {_excerpt(second)}"
+    if messages:
+        log_detail += f": {_excerpt(OneLogin_Saml2_XML.element_text(messages[0]))}"
+    if top == Saml2.STATUS_RESPONDER or any(code in _REFUSALS for code in second):
+        raise AccessDenied("the identity provider refused the sign-in", log_detail=log_detail)
+    raise InvalidToken("identity provider returned an error", log_detail=log_detail)
+
+
+def _refusal(error: OneLogin_Saml2_ValidationError) -> BrokerError:
+    reason = _SAFE_REASONS.get(error.code, "SAML response not accepted")
+    return InvalidToken(reason, log_detail=f"python3-saml: {_excerpt(error)}")
+
+
+def _claims(
+    by_name: Mapping[str, list[Any]], by_friendly_name: Mapping[str, list[Any]]
+) -> dict[str, Any]:
+    claims: dict[str, Any] = {}
+    for attributes in (by_name, by_friendly_name):
+        for key, values in attributes.items():
+            if key in _RESERVED_CLAIMS or key in claims:
+                continue
+            texts = [text for text in map(_attribute_text, values) if text is not None]
+            claims[key] = texts[0] if len(texts) == 1 else texts
+    return claims
+
+
+def _attribute_text(value: Any) -> str | None:
+    """A value as python3-saml returns it: text, or a nested NameID as a dict."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        name_id = value.get("NameID")
+        if isinstance(name_id, dict) and isinstance(name_id.get("value"), str):
+            return str(name_id["value"])
+    return None
+
+
+def _saml_time(value: str | None) -> int:
+    try:
+        return int(OneLogin_Saml2_Utils.parse_SAML_to_time(value))
+    except Exception as e:  # python3-saml raises a bare Exception for a bad time
+        raise InvalidToken("malformed SAML response", log_detail=f"time {_excerpt(value)}") from e
+
+
+def _excerpt(value: object, limit: int = 300) -> str:
+    """``value`` for a log line: control characters dropped, at most ``limit`` chars."""
+    text = "".join(ch for ch in str(value) if unicodedata.category(ch) != "Cc")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_key_pair(key_pem: str, cert_pem: str) -> None:
+    try:
+        key = serialization.load_pem_private_key(key_pem.encode("utf-8"), password=None)
+    except (ValueError, TypeError):
+        raise SamlConfigProblem("sp_key", "not an unencrypted PEM private key") from None
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode("utf-8"))
+    except ValueError:
+        raise SamlConfigProblem("sp_cert", "not a PEM X.509 certificate") from None
+    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
+        raise SamlConfigProblem("sp_key", "must be an RSA key of at least 2048 bits")
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if cert.public_key().public_bytes(der, spki) != key.public_key().public_bytes(der, spki):
+        raise SamlConfigProblem("sp_cert", "does not belong to sp_key")
+
+
+# ---------------------------------------------------------------------- building
+
+
+def build_saml(
+    provider: SamlProviderConfig,
+    config: BrokerConfig,
+    *,
+    store: Store,
+    session: requests.Session | None = None,
+) -> SamlServiceProvider:
+    """The SP for one ``kind: saml`` entry, with the IdP metadata loaded now.
+
+    A metadata file that cannot be read or used raises ``SamlConfigProblem``; a metadata
+    URL that fails is logged and retried (``finish`` and ``authorization_request`` raise
+    ``UpstreamUnavailable`` until a good copy arrives).
+    """
+    source: MetadataSource
+    if provider.idp_metadata_file is not None:
+        source = FileMetadataSource(provider.idp_metadata_file)
+    elif provider.idp_metadata_url is not None:
+        timeouts = config.aws.timeouts
+        source = UrlMetadataSource(
+            provider.idp_metadata_url,
+            session=session,
+            connect_timeout=timeouts.connect,
+            read_timeout=timeouts.read,
+        )
+    else:
+        raise SamlConfigProblem("idp_metadata_file", "required (or idp_metadata_url)")
+    sp = SamlServiceProvider(
+        name=provider.name,
+        public_url=config.service.public_url,
+        sp_entity_id=provider.sp_entity_id,
+        metadata_source=source,
+        store=store,
+        leeway=provider.leeway,
+        allow_idp_initiated=provider.allow_idp_initiated,
+        sp_key=provider.sp_key.get_secret_value() if provider.sp_key is not None else None,
+        sp_cert=provider.sp_cert,
+    )
+    if not sp.metadata_cache.refresh() and provider.idp_metadata_file is not None:
+        raise SamlConfigProblem("idp_metadata_file", sp.metadata_cache.last_error or "unusable")
+    return sp
+
+
+def build_saml_providers(
+    config: BrokerConfig, *, store: Store, session: requests.Session | None = None
+) -> dict[str, SamlServiceProvider]:
+    """Every ``kind: saml`` provider of ``config``, keyed by name; ``ConfigError`` lists
+    every entry that cannot be built, with its YAML path."""
+    built: dict[str, SamlServiceProvider] = {}
+    problems: list[str] = []
+    for index, provider in enumerate(config.providers):
+        if not isinstance(provider, SamlProviderConfig):
+            continue
+        try:
+            built[provider.name] = build_saml(provider, config, store=store, session=session)
+        except SamlConfigProblem as e:
+            problems.append(f"providers[{index}].{e.key}: {e.message}")
+    if problems:
+        raise ConfigError(problems)
+    return built

@@ -1,0 +1,93 @@
+"""``create_app(config)``: the one place the broker's Flask app is assembled."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from flask import Flask
+
+from identity.aws import AwsClients
+from identity.broker import Broker
+from identity.config import BrokerConfig
+from identity.store import Store, open_store
+from service import errors, logs, metrics, security
+from service.logs import configure_logging
+from service.runtime import Runtime
+
+
+def _reveal(value: object) -> str:
+    reveal = getattr(value, "get_secret_value", None)
+    return str(reveal() if reveal is not None else value)
+
+
+def _secrets(config: BrokerConfig) -> list[str]:
+    """Every secret value in the config, so the log redactor can remove it anywhere."""
+    found: list[str] = []
+    if config.service.secret_key is not None:
+        found.append(_reveal(config.service.secret_key))
+    for provider in config.providers:
+        for name in ("client_secret", "app_secret", "private_key", "sp_key"):
+            value = getattr(provider, name, None)
+            if value is not None:
+                found.append(_reveal(value))
+        invite = getattr(provider, "invite", None)
+        shared = getattr(invite, "shared_secret", None) if invite is not None else None
+        if shared is not None:
+            found.append(_reveal(shared))
+    return found
+
+
+def worker_concurrency() -> int:
+    """Requests one worker serves at once (set by ``chime-broker serve``): the size of each
+    AWS client's connection pool."""
+    try:
+        return max(1, int(os.environ.get("CHIME_BROKER_CONCURRENCY", "32")))
+    except ValueError:
+        return 32
+
+
+def create_app(
+    config: BrokerConfig,
+    *,
+    store: Store | None = None,
+    clients: AwsClients | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Flask:
+    """Build the broker for an already validated ``config``.
+
+    Everything a request needs is built here, once; tests may pass their own ``store``,
+    ``clients`` (e.g. with a Stubber installed on a client moto lacks) and ``clock`` (to
+    reach the end of a session without waiting for it).
+    """
+    configure_logging(_secrets(config))
+    app = Flask(__name__, static_folder=None)
+    app.config["JSON_SORT_KEYS"] = False
+    secret = config.service.secret_key
+    app.secret_key = secret.get_secret_value() if secret is not None else None
+
+    from service.blueprints import credentials, demo_page, health, login, token
+
+    security.init_app(app, config)
+    request_metrics = metrics.init_app(app)
+    logs.init_app(app)
+    errors.init_app(app)
+    store = store if store is not None else open_store(config.store)
+    app.extensions["chime_broker"] = Runtime(
+        config=config,
+        store=store,
+        metrics=request_metrics,
+        broker=Broker(
+            config,
+            store,
+            clients=clients or AwsClients(config, max_pool_connections=worker_concurrency()),
+            clock=clock,
+        ),
+    )
+    app.register_blueprint(health.bp)
+    app.register_blueprint(login.bp)
+    app.register_blueprint(token.bp)
+    app.register_blueprint(credentials.bp)
+    app.register_blueprint(demo_page.bp)
+    return app

@@ -1,0 +1,299 @@
+"""Bearer sessions: refresh, the container-credentials format, logout and the credential
+cache, against the moto server (STS where lifetimes matter: moto's Cognito credentials last
+90 s) and the local OIDC provider."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from flask.testing import FlaskClient
+
+from identity.config import parse_config
+from identity.store import open_store
+from service import create_app
+
+CLIENT_ID = "mobile-app"
+SECRET_KEY = "0123456789abcdef0123456789abcdef-test"
+
+
+class Clock:
+    """Wall time plus an offset the test moves forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        import time
+
+        return time.time() + self.offset
+
+
+def config_for(aws: Any, idp: Any, exchange: str, **service: Any) -> Any:
+    document = {
+        "aws": {
+            "region": aws.region,
+            "cognito": {
+                "identity_pool_id": aws.identity_pool_id,
+                "developer_provider_name": aws.developer_provider_name,
+            },
+            "sts": {"role_arn": aws.user_role_arn, "duration_seconds": 3600},
+        },
+        "chime": {"app_instance_arn": aws.app_instance_arn},
+        "service": {"public_url": "http://127.0.0.1:9", "secret_key": SECRET_KEY,
+                    "session_lifetime": "1h", **service},
+        "store": "memory://",
+        "providers": [
+            {"name": "corp", "kind": "oidc", "issuer": idp.issuer, "client_id": CLIENT_ID,
+             "exchange": exchange,
+             "map": {"user_id": "{sub}" if exchange == "cognito" else "corp-{sub}"}},
+        ],
+    }
+    return parse_config(yaml.safe_dump(document))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def start(
+    client: FlaskClient, idp: Any, sub: str = "alice", lifetime: int = 3600
+) -> dict[str, Any]:
+    idp.register_client(CLIENT_ID)
+    token = idp.mint_id_token({"sub": sub}, audience=CLIENT_ID, lifetime=lifetime)
+    response = client.post("/v1/token", json={"provider": "corp", "id_token": token})
+    assert response.status_code == 200, response.get_json()
+    body: dict[str, Any] = response.get_json()
+    return body
+
+
+def refresh(client: FlaskClient, token: str) -> Any:
+    return client.post("/v1/credentials", headers={"Authorization": f"Bearer {token}"})
+
+
+def assert_unauthenticated(response: Any, code: str = "unauthenticated") -> None:
+    assert response.status_code == 401
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["code"] == code
+    assert "credentials" not in response.get_json()
+
+
+@pytest.mark.parametrize("exchange", ["sts", "cognito_developer", "cognito"])
+def test_refresh_works_until_the_session_ends_and_never_after(
+    exchange: str, aws: Any, oidc_provider: Any, clock: Clock
+) -> None:
+    app = create_app(config_for(aws, oidc_provider, exchange, cache_credentials=False),
+                     store=open_store("memory://"), clock=clock)
+    client = app.test_client()
+    body = start(client, oidc_provider, lifetime=7200)
+    session = body["broker_session"]["token"]
+    for minutes in (0, 30, 59):
+        clock.offset = minutes * 60
+        response = refresh(client, session)
+        assert response.status_code == 200, response.get_json()
+        assert response.headers["Cache-Control"].startswith("no-store")
+        refreshed = response.get_json()
+        assert refreshed["app_instance_user_arn"] == body["app_instance_user_arn"]
+        assert "broker_session" not in refreshed
+    aws.recorder.reset()
+    clock.offset = 3601
+    assert_unauthenticated(refresh(client, session))
+    assert aws.recorder.requests() == []
+
+
+def test_cognito_mode_needs_a_valid_upstream_token(
+    aws: Any, oidc_provider: Any, clock: Clock
+) -> None:
+    app = create_app(config_for(aws, oidc_provider, "cognito"), store=open_store("memory://"),
+                     clock=clock)
+    client = app.test_client()
+    session = start(client, oidc_provider, lifetime=600)["broker_session"]["token"]
+    clock.offset = 300
+    assert refresh(client, session).status_code == 200
+    aws.recorder.reset()
+    clock.offset = 601
+    assert_unauthenticated(refresh(client, session), "reauthentication_required")
+    assert aws.recorder.requests() == []
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "expected_duration"),
+    [(0, 3600), (40 * 60, 1200), (55 * 60, 900)],
+)
+def test_sts_credentials_never_outlive_the_session_more_than_sts_requires(
+    elapsed: int, expected_duration: int, aws: Any, oidc_provider: Any, clock: Clock
+) -> None:
+    app = create_app(config_for(aws, oidc_provider, "sts", cache_credentials=False),
+                     store=open_store("memory://"), clock=clock)
+    client = app.test_client()
+    session = start(client, oidc_provider, lifetime=7200)["broker_session"]["token"]
+    aws.recorder.reset()
+    clock.offset = elapsed
+    assert refresh(client, session).status_code == 200
+    [call] = aws.recorder.calls("AssumeRole")
+    # The session has 3600 - elapsed seconds left (less the time the test itself took);
+    # STS takes no less than 900.
+    assert expected_duration - 5 <= int(call["DurationSeconds"]) <= expected_duration
+
+
+def test_the_first_exchange_is_capped_by_the_session_lifetime(
+    aws: Any, oidc_provider: Any
+) -> None:
+    config = config_for(aws, oidc_provider, "sts", session_lifetime="20m")
+    client = create_app(config, store=open_store("memory://")).test_client()
+    body = start(client, oidc_provider)
+    [call] = aws.recorder.calls("AssumeRole")
+    assert 1195 <= int(call["DurationSeconds"]) <= 1200
+    expires = datetime.fromisoformat(body["credentials"]["expiration"].replace("Z", "+00:00"))
+    session_end = datetime.fromisoformat(
+        body["broker_session"]["expires_at"].replace("Z", "+00:00")
+    )
+    assert abs((expires - session_end).total_seconds()) <= 5
+
+
+def test_cached_credentials_are_reused_per_session_and_user(
+    aws: Any, oidc_provider: Any
+) -> None:
+    client = create_app(config_for(aws, oidc_provider, "sts"),
+                        store=open_store("memory://")).test_client()
+    alice = start(client, oidc_provider, "alice")["broker_session"]["token"]
+    bob = start(client, oidc_provider, "bob")["broker_session"]["token"]
+    aws.recorder.reset()
+    alice_1 = refresh(client, alice).get_json()["credentials"]
+    alice_2 = refresh(client, alice).get_json()["credentials"]
+    bob_1 = refresh(client, bob).get_json()["credentials"]
+    bob_2 = refresh(client, bob).get_json()["credentials"]
+    assert alice_1 == alice_2
+    assert bob_1 == bob_2
+    assert alice_1["access_key_id"] != bob_1["access_key_id"]
+    calls = aws.recorder.calls("AssumeRole")
+    assert len(calls) == 2
+    from tests.fixtures.recorder import sts_tags
+
+    assert [sts_tags(c)["my_applications_user_id"] for c in calls] == ["corp-alice", "corp-bob"]
+
+
+def test_logout_ends_a_bearer_session(aws: Any, oidc_provider: Any) -> None:
+    client = create_app(config_for(aws, oidc_provider, "sts"),
+                        store=open_store("memory://")).test_client()
+    session = start(client, oidc_provider)["broker_session"]["token"]
+    assert refresh(client, session).status_code == 200
+    response = client.post("/v1/logout", headers={"Authorization": f"Bearer {session}"})
+    assert response.status_code == 200
+    assert response.get_json() == {"end_session_url": None}
+    aws.recorder.reset()
+    assert_unauthenticated(refresh(client, session))
+    assert_unauthenticated(client.get("/v1/credentials/container",
+                                      headers={"Authorization": session}))
+    assert_unauthenticated(
+        client.post("/v1/logout", headers={"Authorization": f"Bearer {session}"})
+    )
+    assert aws.recorder.requests() == []
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "cbs_not-a-session", "Bearer {token}", "bearer {token}", "{token} extra",
+     "Basic {token}", "{token}x"],
+)
+def test_the_container_endpoint_takes_exactly_the_bare_token(
+    authorization: str | None, aws: Any, oidc_provider: Any
+) -> None:
+    client = create_app(config_for(aws, oidc_provider, "sts"),
+                        store=open_store("memory://")).test_client()
+    session = start(client, oidc_provider)["broker_session"]["token"]
+    aws.recorder.reset()
+    headers = {} if authorization is None else {
+        "Authorization": authorization.format(token=session)
+    }
+    assert_unauthenticated(client.get("/v1/credentials/container", headers=headers))
+    assert aws.recorder.requests() == []
+    good = client.get("/v1/credentials/container", headers={"Authorization": session})
+    assert good.status_code == 200
+    assert set(good.get_json()) == {"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer", "Bearer ", "Bearer cbs_unknown", "Token abc", "Bearer a b"]
+)
+def test_refresh_refuses_missing_or_unknown_bearer_tokens(
+    authorization: str | None, aws: Any, oidc_provider: Any
+) -> None:
+    client = create_app(config_for(aws, oidc_provider, "sts"),
+                        store=open_store("memory://")).test_client()
+    headers = {} if authorization is None else {"Authorization": authorization}
+    response = client.post("/v1/credentials", headers=headers)
+    assert_unauthenticated(response)
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert aws.recorder.requests() == []
+
+
+def test_nothing_secret_is_readable_in_the_store(
+    aws: Any, oidc_provider: Any, tmp_path: Path
+) -> None:
+    db = tmp_path / "state.db"
+    config = config_for(aws, oidc_provider, "cognito")
+    client = create_app(config, store=open_store(f"sqlite:///{db}")).test_client()
+    oidc_provider.register_client(CLIENT_ID)
+    id_token = oidc_provider.mint_id_token({"sub": "alice"}, audience=CLIENT_ID, lifetime=7200)
+    body = client.post("/v1/token", json={"provider": "corp", "id_token": id_token}).get_json()
+    session = body["broker_session"]["token"]
+    sts_client = create_app(config_for(aws, oidc_provider, "sts"),
+                            store=open_store(f"sqlite:///{db}")).test_client()
+    sts_session = start(sts_client, oidc_provider, "bob")["broker_session"]["token"]
+    cached = refresh(sts_client, sts_session).get_json()["credentials"]
+
+    rows = sqlite3.connect(db).execute("SELECT * FROM broker_state").fetchall()
+    assert len(rows) >= 3  # two sessions, one cached credential, identity ids
+    dump = b"".join(
+        (col if isinstance(col, bytes) else str(col).encode()) for row in rows for col in row
+    )
+    for secret in (
+        session, sts_session, id_token, cached["secret_access_key"], cached["session_token"],
+        cached["access_key_id"], body["credentials"]["secret_access_key"], "alice", "corp-bob",
+    ):
+        assert secret.encode() not in dump
+
+
+def test_boto3_resolves_credentials_from_the_broker_by_itself(
+    aws: Any, oidc_provider: Any, live_broker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+    from botocore.credentials import ContainerProvider
+    from botocore.exceptions import CredentialRetrievalError
+
+    server = live_broker(config_for(aws, oidc_provider, "sts"))
+    import requests
+
+    oidc_provider.register_client(CLIENT_ID)
+    id_token = oidc_provider.mint_id_token({"sub": "alice"}, audience=CLIENT_ID)
+    body = requests.post(f"{server.url}/v1/token",
+                         json={"provider": "corp", "id_token": id_token}, timeout=10).json()
+    session = body["broker_session"]["token"]
+    # The broker's own STS client holds the server's credentials now; from here on only the
+    # container provider can give the client process any.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                       f"{server.url}/v1/credentials/container")
+    monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", session)
+
+    boto_session = boto3.session.Session(region_name=aws.region)
+    credentials = boto_session.get_credentials()
+    assert credentials is not None and credentials.method == "container-role"
+    aws.recorder.reset()
+    identity = boto_session.client("sts").get_caller_identity()
+    assert identity["Arn"].startswith("arn:aws:sts::")
+    [request] = [r for r in aws.recorder.requests() if r.operation == "GetCallerIdentity"]
+    frozen = credentials.get_frozen_credentials()
+    assert f"Credential={frozen.access_key}/" in request.headers["Authorization"]
+
+    requests.post(f"{server.url}/v1/logout", headers={"Authorization": f"Bearer {session}"},
+                  timeout=10).raise_for_status()
+    with pytest.raises(CredentialRetrievalError):
+        ContainerProvider().load()
