@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 import jwt
 import requests
 from jwt.algorithms import AllowedPublicKeys
-from requests.adapters import HTTPAdapter
 
 from identity.errors import BrokerError, InvalidToken, UpstreamTimeout, UpstreamUnavailable
+from identity.http import read_capped, upstream_session
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class JwksCache:
         self._discovery_issuer = issuer or ""
         self._jwks_url = jwks_url
         self._algorithms = frozenset(algorithms)
-        self._session = session if session is not None else _default_session()
+        self._session = session if session is not None else upstream_session(pool_maxsize=4)
         self._timeouts = (connect_timeout, read_timeout)
         self._ttl = ttl
         self._min_refresh_interval = min_refresh_interval
@@ -269,7 +269,7 @@ class JwksCache:
                     raise UpstreamUnavailable(
                         log_detail=f"{what} {url} answered HTTP {response.status_code}"
                     )
-                body = _read_capped(response, self._max_document_bytes)
+                body = read_capped(response, self._max_document_bytes)
         except requests.Timeout as e:
             raise UpstreamTimeout(log_detail=f"{what} {url} timed out") from e
         except requests.RequestException as e:
@@ -542,30 +542,6 @@ def _excerpt(value: Any) -> str:
     """A short repr of an untrusted header or claim value for the log."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _read_capped(response: requests.Response, limit: int) -> bytes | None:
-    """The body, or ``None`` as soon as it exceeds ``limit`` bytes."""
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in response.iter_content(chunk_size=64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _default_session() -> requests.Session:
-    session = requests.Session()
-    # Fetches are rare and serialised per cache; failures back off instead of retrying.
-    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
 
 
 def _is_https_or_loopback(url: str) -> bool:

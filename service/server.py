@@ -16,6 +16,15 @@ def _child_exit(_server: Any, worker: Any) -> None:
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
+def _yield_to_other_connections(_worker: Any, _req: Any, _environ: Any, _resp: Any) -> None:
+    # A request that does no network I/O (a credential-cache hit) never yields to the gevent
+    # hub, and gunicorn then reads the next request on the same keep-alive connection: one
+    # busy connection would starve the others. Yield once per request.
+    import gevent
+
+    gevent.sleep(0)
+
+
 class BrokerServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, config_path: str, options: dict[str, Any]) -> None:
         self.config_path = config_path
@@ -57,6 +66,7 @@ def serve(
     }
     if worker_class == "gevent":
         options["worker_connections"] = worker_connections
+        options["post_request"] = _yield_to_other_connections
     if worker_class == "gthread":
         options["threads"] = threads
     concurrency = worker_connections if worker_class == "gevent" else threads

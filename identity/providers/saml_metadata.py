@@ -25,9 +25,9 @@ from cryptography import x509
 from lxml import etree
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
 from onelogin.saml2.xml_utils import OneLogin_Saml2_XML
-from requests.adapters import HTTPAdapter
 
 from identity.errors import UpstreamUnavailable
+from identity.http import read_capped, upstream_session
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ class UrlMetadataSource:
         ):
             raise ValueError(f"{url!r}: metadata URLs must be https (plain http only on loopback)")
         self._url = url
-        self._session = session if session is not None else _default_session()
+        self._session = session if session is not None else upstream_session(pool_maxsize=2)
         self._timeouts = (connect_timeout, read_timeout)
         self._max_bytes = max_bytes
 
@@ -250,7 +250,7 @@ class UrlMetadataSource:
             ) as response:
                 if response.status_code != 200:
                     raise MetadataUnavailable(f"{self._url} answered HTTP {response.status_code}")
-                document = _read_capped(response, self._max_bytes)
+                document = read_capped(response, self._max_bytes)
         except requests.Timeout:
             raise MetadataUnavailable(f"{self._url} timed out") from None
         except requests.RequestException as e:
@@ -258,30 +258,6 @@ class UrlMetadataSource:
         if document is None:
             raise MetadataUnavailable(f"{self._url} is over {self._max_bytes} bytes")
         return document
-
-
-def _read_capped(response: requests.Response, limit: int) -> bytes | None:
-    """The body, or ``None`` as soon as it exceeds ``limit`` bytes."""
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in response.iter_content(chunk_size=64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _default_session() -> requests.Session:
-    session = requests.Session()
-    # Fetches are rare and serialised per cache; failures back off instead of retrying.
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
 
 
 # --------------------------------------------------------------------------- cache

@@ -17,12 +17,10 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from identity.config import (
     AmazonProvider,
@@ -33,6 +31,7 @@ from identity.config import (
     GoogleProvider,
 )
 from identity.errors import InvalidToken, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from identity.http import read_capped, upstream_session
 from identity.models import Principal
 from identity.providers.oidc import IdTokenProvider, login_key_for_issuer
 from identity.tokens import JwksCache
@@ -180,12 +179,7 @@ class InspectionClient:
         self._provider = provider
         self._timeouts = (connect_timeout, read_timeout)
         self._max_response_bytes = max_response_bytes
-        self._session = requests.Session()
-        # A cookie from one user's inspection must never ride along with another's.
-        self._session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
-        self._session.mount("https://", adapter)
-        self._session.mount("http://", adapter)
+        self._session = upstream_session(pool_maxsize=64)
 
     def get_json(
         self,
@@ -210,7 +204,7 @@ class InspectionClient:
                 allow_redirects=False,
             ) as response:
                 status = response.status_code
-                body = _read_capped(response, self._max_response_bytes)
+                body = read_capped(response, self._max_response_bytes)
         except requests.Timeout:
             raise UpstreamTimeout(
                 f"{self._provider}: {what} did not answer in time",
@@ -254,21 +248,6 @@ class InspectionClient:
 def _without_query(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
-
-
-def _read_capped(response: requests.Response, limit: int) -> bytes | None:
-    """The body, or ``None`` as soon as it exceeds ``limit`` bytes."""
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in response.iter_content(chunk_size=64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _error_summary(body: bytes | None) -> str:

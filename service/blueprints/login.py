@@ -65,6 +65,7 @@ def _single(source: MultiDict[str, str], names: tuple[str, ...]) -> dict[str, st
 
 @bp.get("/providers")
 def providers() -> Response:
+    """The providers a person can sign in with (meeting guests have no login page)."""
     config = runtime().config
     base = config.service.public_url.rstrip("/")
     return jsonify(
@@ -76,6 +77,7 @@ def providers() -> Response:
                 "login_url": f"{base}/v1/login/{p.name}",
             }
             for p in config.providers
+            if p.kind != "guest"
         ]
     )
 

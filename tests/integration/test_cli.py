@@ -129,3 +129,42 @@ def test_serve_runs_gunicorn_gevent_workers_that_share_one_store(tmp_path: Path)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     assert "gevent" in stderr.lower()
+
+
+def test_serve_vends_through_botocore_inside_gevent_workers(
+    tmp_path: Path, aws: Any, oidc_provider: Any
+) -> None:
+    """The workers patch ssl before botocore is imported: an AWS call from a gevent worker
+    must work, not die in a RecursionError inside ssl."""
+    oidc_provider.register_client("mobile-app")
+    config = tmp_path / "broker.yaml"
+    config.write_text(f"""
+aws:
+  region: {aws.region}
+  sts: {{role_arn: "{aws.user_role_arn}"}}
+chime: {{app_instance_arn: "{aws.app_instance_arn}"}}
+service: {{public_url: "https://auth.example.chat", secret_key: "{SECRET}"}}
+store: sqlite:///{tmp_path / "state.db"}
+providers:
+  - {{name: corp, kind: oidc, issuer: "{oidc_provider.issuer}", client_id: mobile-app,
+      exchange: sts, map: {{user_id: "corp-{{sub}}"}}}}
+""")
+    port = free_port()
+    process = subprocess.Popen(
+        [CLI, "serve", "--config", str(config), "--workers", "2", "--bind", f"127.0.0.1:{port}"],
+        env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(f"{base}/healthz", process)
+        token = oidc_provider.mint_id_token({"sub": "ada"}, audience="mobile-app")
+        response = requests.post(f"{base}/v1/token", json={"provider": "corp", "id_token": token},
+                                 timeout=30)
+        assert response.status_code == 200, response.text
+        assert response.json()["app_instance_user_arn"].endswith("/user/corp-ada")
+        [call] = aws.recorder.calls("AssumeRole")
+        assert call["RoleArn"] == aws.user_role_arn
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert "RecursionError" not in stderr

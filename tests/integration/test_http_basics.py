@@ -161,6 +161,19 @@ def test_urls_come_from_public_url_never_from_host(app: Flask) -> None:
     ]
 
 
+def test_meeting_guests_get_no_login_button() -> None:
+    guests = """
+  - name: guests
+    kind: guest
+    exchange: sts
+    invite: {issuer: https://app.example.chat, audience: chime-broker,
+             jwks_url: https://app.example.chat/.well-known/jwks.json}
+"""
+    app = create_app(parse_config(BASE_YAML.format(proxies=0) + guests))
+    names = [p["name"] for p in app.test_client().get("/v1/providers").get_json()]
+    assert names == ["okta"]
+
+
 @pytest.mark.parametrize(
     ("proxies", "forwarded_for", "expected_client"),
     [
