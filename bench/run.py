@@ -354,7 +354,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "--upstreams", default=",".join(UPSTREAMS), help=f"comma-separated subset of {UPSTREAMS}"
     )
     parser.add_argument(
-        "--no-developer", action="store_true", help="skip the cognito_developer rows"
+        "--developer",
+        action="store_true",
+        help="add POST /v1/token rows for exchange: cognito_developer (every new session "
+        "needs GetOpenIdTokenForDeveloperIdentity + GetCredentialsForIdentity, as the "
+        "baseline does)",
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
@@ -369,7 +373,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         workers=args.workers,
         worker_class=args.worker_class,
         upstreams=upstreams,
-        developer=not args.no_developer,
+        developer=args.developer,
         output=args.output,
     )
 

@@ -22,10 +22,11 @@ from identity.credential_cache import CredentialCache
 from identity.logins import BrowserLogins
 from identity.mapping import ClaimMapper, app_instance_user_arn, build_mappers
 from identity.models import MappedUser, Principal, VendedCredentials
-from identity.providers.base import RedirectProvider, TokenProvider
+from identity.providers.base import RedirectProvider, SamlProvider, TokenProvider
 from identity.providers.guest import MeetingGuests, build_guest_providers, guest_display_name
 from identity.providers.redirect import build_redirect_providers
 from identity.providers.registry import build_token_providers
+from identity.providers.saml import build_saml_providers
 from identity.sealing import Sealer, token_hash
 from identity.sessions import SessionManager, SessionRecord
 from identity.store import Store
@@ -78,7 +79,11 @@ class Broker:
         self.redirect_providers: Mapping[str, RedirectProvider] = build_redirect_providers(
             config, self.token_providers
         )
-        self.logins = BrowserLogins(self, self.redirect_providers)
+        # IdP metadata is loaded here, once: a bad metadata file fails start-up.
+        self.saml_providers: Mapping[str, SamlProvider] = build_saml_providers(
+            config, store=store
+        )
+        self.logins = BrowserLogins(self, self.redirect_providers, self.saml_providers)
         self.mappers: Mapping[str, ClaimMapper] = build_mappers(config)
         self.vendors: Mapping[str, Vendor] = build_vendors(config, self.clients, store)
         self.guests: Mapping[str, MeetingGuests] = build_guest_providers(config, store, clock=clock)

@@ -1,11 +1,12 @@
 """Browser sign-in: the login transaction between leaving for the identity provider and
 coming back, and the one-time codes that hand a finished login to a native app.
 
-A transaction (``state`` -> nonce, PKCE verifier, provider, ``return_to``, the native
-app's code challenge, when it began) is sealed in the store under a keyed hash of
-``state``, lives ``LOGIN_TTL`` seconds, is taken at most once, and only by the browser
-that began it: the caller passes the random value of that browser's pre-login cookie,
-and the transaction keeps only a keyed hash of it.
+A transaction (``state`` -> provider, ``return_to``, the native app's code challenge,
+when it began, and the protocol's secrets: OIDC nonce and PKCE verifier, or the SAML
+AuthnRequest id) is sealed in the store under a keyed hash of ``state``, lives
+``LOGIN_TTL`` seconds, is taken at most once, and only by the browser that began it: the
+caller passes the random value of that browser's pre-login cookie, and the transaction
+keeps only a keyed hash of it. For SAML, ``state`` travels as the RelayState.
 
 How a login ends (DESIGN §3): success is a new session and the way back to ``return_to``;
 a failure once a valid ``return_to`` is known goes back there with ``?error=<code>``;
@@ -26,14 +27,14 @@ import logging
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from identity import errors
 from identity.models import Principal
-from identity.providers.base import RedirectProvider
+from identity.providers.base import RedirectLogin, RedirectProvider, SamlProvider
 from identity.sealing import Sealer
 from identity.store import Store
 
@@ -70,15 +71,17 @@ def with_query(url: str, **params: str) -> str:
 
 @dataclass(frozen=True)
 class LoginTransaction:
-    """One browser login in flight. ``binding`` is the keyed hash of the pre-login cookie."""
+    """One browser login in flight. ``binding`` is the keyed hash of the pre-login cookie;
+    an OIDC login keeps ``nonce`` and ``code_verifier``, a SAML login ``saml_request_id``."""
 
     provider: str
     return_to: str
-    nonce: str = field(repr=False)
-    code_verifier: str = field(repr=False)
     binding: str = field(repr=False)
     created_at: float
+    nonce: str = field(default="", repr=False)
+    code_verifier: str = field(default="", repr=False)
     native_challenge: str | None = None
+    saml_request_id: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -138,13 +141,28 @@ class LoginTransactions:
         """What a transaction keeps of the browser's pre-login cookie."""
         return self._sealer.key_hash("pre-login", pre_login_value)
 
-    def begin(self, transaction: LoginTransaction) -> str:
-        """Store ``transaction`` under a new random ``state`` and return the state."""
-        state = secrets.token_urlsafe(32)
+    @staticmethod
+    def new_state() -> str:
+        """A fresh random ``state`` (43 characters: it fits SAML's 80-byte RelayState)."""
+        return secrets.token_urlsafe(32)
+
+    def begin(self, transaction: LoginTransaction, *, state: str | None = None) -> str:
+        """Store ``transaction`` under ``state`` (from ``new_state``; a new one when not
+        given) and return the state."""
+        state = state if state is not None else self.new_state()
         key = self._key(state)
         body = json.dumps(asdict(transaction), separators=(",", ":")).encode()
         self._store.set(key, self._sealer.seal(body, context=key), LOGIN_TTL)
         return state
+
+    def pending(self, state: str | None) -> bool:
+        """Whether ``state`` names a transaction in the store (of any browser), without
+        taking it."""
+        if not state or not _STATE.fullmatch(state):
+            return False
+        key = self._key(state)
+        sealed = self._store.get(key)
+        return sealed is not None and self._sealer.open(sealed, context=key) is not None
 
     def take(
         self, state: str | None, *, provider: str, binding: str, now: float
@@ -236,11 +254,18 @@ class NativeCodes:
 
 
 class BrowserLogins:
-    """The browser sign-in use cases: begin, complete, and the native app's exchange."""
+    """The browser sign-in use cases: begin, complete (OIDC callback or SAML ACS), and the
+    native app's exchange."""
 
-    def __init__(self, broker: Broker, providers: Mapping[str, RedirectProvider]) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        providers: Mapping[str, RedirectProvider],
+        saml_providers: Mapping[str, SamlProvider] | None = None,
+    ) -> None:
         self._broker = broker
         self._providers = providers
+        self._saml_providers: Mapping[str, SamlProvider] = saml_providers or {}
         self.transactions = LoginTransactions(broker.store, broker.sealer)
         self.native_codes = NativeCodes(broker.store, broker.sealer)
         service = broker.config.service
@@ -294,29 +319,43 @@ class BrowserLogins:
                     "code_challenge must be an S256 challenge (43 base64url characters) "
                     "and code_challenge_method S256"
                 )
-            redirect_provider = self._provider(provider)
-            code_verifier = secrets.token_urlsafe(48)
-            nonce = secrets.token_urlsafe(32)
-            state = self.transactions.begin(
-                LoginTransaction(
-                    provider=provider,
-                    return_to=destination,
-                    nonce=nonce,
-                    code_verifier=code_verifier,
-                    binding=self.transactions.binding(pre_login),
-                    created_at=self._broker.clock(),
-                    native_challenge=code_challenge if native else None,
-                )
+            self._broker.provider_config(provider)
+            transaction = LoginTransaction(
+                provider=provider,
+                return_to=destination,
+                binding=self.transactions.binding(pre_login),
+                created_at=self._broker.clock(),
+                native_challenge=code_challenge if native else None,
             )
-            url = redirect_provider.authorization_url(
-                redirect_uri=self.redirect_uri(provider),
-                state=state,
-                nonce=nonce,
-                code_challenge=s256(code_verifier),
-            )
+            saml = self._saml_providers.get(provider)
+            if saml is not None:
+                url = self._begin_saml(saml, transaction)
+            else:
+                url = self._begin_redirect(self._provider(provider), transaction)
         except errors.BrokerError as error:
             return self._failed(provider, destination, error)
         return LoginStep(redirect_to=url)
+
+    def _begin_redirect(self, provider: RedirectProvider, transaction: LoginTransaction) -> str:
+        code_verifier = secrets.token_urlsafe(48)
+        nonce = secrets.token_urlsafe(32)
+        state = self.transactions.begin(
+            replace(transaction, nonce=nonce, code_verifier=code_verifier)
+        )
+        return provider.authorization_url(
+            redirect_uri=self.redirect_uri(transaction.provider),
+            state=state,
+            nonce=nonce,
+            code_challenge=s256(code_verifier),
+        )
+
+    def _begin_saml(self, provider: SamlProvider, transaction: LoginTransaction) -> str:
+        # The transaction's state is the RelayState; the AuthnRequest id is known only
+        # once the request is built, so the state comes first.
+        state = self.transactions.new_state()
+        url, request_id = provider.authorization_request(state)
+        self.transactions.begin(replace(transaction, saml_request_id=request_id), state=state)
+        return url
 
     def complete(
         self,
@@ -328,54 +367,156 @@ class BrowserLogins:
     ) -> LoginStep:
         """Finish the login the provider's answer ``params`` belongs to.
 
-        Raises ``InvalidRequest`` (or ``UnknownProvider``) when the answer has no live
-        transaction of this browser and provider; every later failure goes back to the
-        transaction's ``return_to`` with ``?error=``. A browser session replaces
-        ``previous_session``, which ends: a session id never survives a login.
+        Raises ``InvalidRequest`` (or ``UnknownProvider``) when the provider has no redirect
+        login (a SAML provider answers at its ACS) or the answer has no live transaction of
+        this browser and provider; every later failure goes back to the transaction's
+        ``return_to`` with ``?error=``. A browser session replaces ``previous_session``,
+        which ends: a session id never survives a login.
         """
-        self._broker.provider_config(provider)
-        transaction = self.transactions.take(
-            params.get("state"),
-            provider=provider,
-            binding=self.transactions.binding(pre_login) if pre_login else "",
-            now=self._broker.clock(),
-        )
+        redirect_provider = self._provider(provider)
+        transaction = self._take(provider, params.get("state"), pre_login)
         try:
-            login = self._provider(provider).finish(
+            login = redirect_provider.finish(
                 redirect_uri=self.redirect_uri(provider),
                 params=params,
                 code_verifier=transaction.code_verifier,
                 nonce=transaction.nonce,
             )
-            provider_cfg = self._broker.provider_config(provider)
-            if transaction.native_challenge is not None:
-                # Mapped now so that a refused identity goes back as an error, not a code.
-                self._broker.mappers[provider].map(login.principal)
-                code = self.native_codes.issue(
-                    NativeHandoff(
-                        provider=provider,
-                        principal=login.principal,
-                        code_challenge=transaction.native_challenge,
-                        created_at=self._broker.clock(),
-                        refresh_token=login.refresh_token,
-                        end_session_url=login.end_session_url,
-                    )
-                )
-                log.info("native login finished", extra={"fields": {"provider": provider}})
-                return LoginStep(redirect_to=with_query(transaction.return_to, code=code))
-            token, record = self._broker.open_browser_session(
-                provider_cfg,
-                login.principal,
-                refresh_token=login.refresh_token,
-                end_session_url=login.end_session_url,
+            return self._signed_in(
+                provider,
+                login,
+                return_to=transaction.return_to,
+                native_challenge=transaction.native_challenge,
+                previous_session=previous_session,
             )
         except errors.BrokerError as error:
             return self._failed(provider, transaction.return_to, error)
+
+    def complete_saml(
+        self,
+        provider: str,
+        form: Mapping[str, str],
+        *,
+        pre_login: str | None,
+        previous_session: str | None = None,
+    ) -> LoginStep:
+        """Finish a SAML sign-in from the form posted to the ACS (``SAMLResponse``,
+        ``RelayState``).
+
+        A RelayState naming a live transaction must come from the browser that began it
+        for this provider (``InvalidRequest`` otherwise, the transaction left in place);
+        the transaction is then spent, and the response must answer its AuthnRequest.
+        Every later failure goes back to its ``return_to`` with ``?error=``.
+
+        Any other response is IdP-initiated: refused (``InvalidToken``) unless the provider
+        sets ``allow_idp_initiated``; then the RelayState is where to go, when
+        ``service.allowed_return_to`` allows it (else ``default_return_to``), no native
+        code is possible, and failures raise.
+        """
+        saml = self.saml_provider(provider)
+        relay_state = form.get("RelayState")
+        if not self.transactions.pending(relay_state):
+            return self._idp_initiated(saml, form, previous_session)
+        transaction = self._take(provider, relay_state, pre_login)
+        try:
+            saml_response = form.get("SAMLResponse")
+            if not saml_response:
+                raise errors.InvalidRequest("the answer carries no SAMLResponse")
+            if transaction.saml_request_id is None:
+                raise errors.InvalidRequest("this sign-in was not started for SAML")
+            principal = saml.finish(
+                saml_response, request_id=transaction.saml_request_id, relay_state=relay_state
+            )
+            return self._signed_in(
+                provider,
+                RedirectLogin(principal),
+                return_to=transaction.return_to,
+                native_challenge=transaction.native_challenge,
+                previous_session=previous_session,
+            )
+        except errors.BrokerError as error:
+            return self._failed(provider, transaction.return_to, error)
+
+    def saml_provider(self, name: str) -> SamlProvider:
+        """The SAML provider ``name``; ``UnknownProvider`` when there is none of that kind."""
+        self._broker.provider_config(name)
+        found = self._saml_providers.get(name)
+        if found is None:
+            raise errors.UnknownProvider(f"no SAML provider named {name!r}")
+        return found
+
+    def _idp_initiated(
+        self, saml: SamlProvider, form: Mapping[str, str], previous_session: str | None
+    ) -> LoginStep:
+        relay_state = form.get("RelayState")
+        if not saml.allow_idp_initiated:
+            raise errors.InvalidToken(
+                "unsolicited response: sign-ins with this provider start at the broker",
+                log_detail="no live transaction for the RelayState; IdP-initiated sign-in "
+                f"is not allowed for provider {saml.name!r}",
+            )
+        saml_response = form.get("SAMLResponse")
+        if not saml_response:
+            raise errors.InvalidRequest("the answer carries no SAMLResponse")
+        return_to = self.return_to(relay_state)
+        if return_to is None:
+            raise errors.InvalidRequest("no return_to is allowed by this broker")
+        principal = saml.finish(saml_response, request_id=None, relay_state=relay_state)
+        log.info("IdP-initiated sign-in", extra={"fields": {"provider": saml.name}})
+        return self._signed_in(
+            saml.name,
+            RedirectLogin(principal),
+            return_to=return_to,
+            native_challenge=None,
+            previous_session=previous_session,
+        )
+
+    def _take(self, provider: str, state: str | None, pre_login: str | None) -> LoginTransaction:
+        return self.transactions.take(
+            state,
+            provider=provider,
+            binding=self.transactions.binding(pre_login) if pre_login else "",
+            now=self._broker.clock(),
+        )
+
+    def _signed_in(
+        self,
+        provider: str,
+        login: RedirectLogin,
+        *,
+        return_to: str,
+        native_challenge: str | None,
+        previous_session: str | None,
+    ) -> LoginStep:
+        """The end of every successful login: a one-time code for a native app, else a new
+        browser session that replaces ``previous_session``."""
+        provider_cfg = self._broker.provider_config(provider)
+        if native_challenge is not None:
+            # Mapped now so that a refused identity goes back as an error, not a code.
+            self._broker.mappers[provider].map(login.principal)
+            code = self.native_codes.issue(
+                NativeHandoff(
+                    provider=provider,
+                    principal=login.principal,
+                    code_challenge=native_challenge,
+                    created_at=self._broker.clock(),
+                    refresh_token=login.refresh_token,
+                    end_session_url=login.end_session_url,
+                )
+            )
+            log.info("native login finished", extra={"fields": {"provider": provider}})
+            return LoginStep(redirect_to=with_query(return_to, code=code))
+        token, record = self._broker.open_browser_session(
+            provider_cfg,
+            login.principal,
+            refresh_token=login.refresh_token,
+            end_session_url=login.end_session_url,
+        )
         if previous_session:
             with contextlib.suppress(errors.Unauthenticated):
                 self._broker.end_session(previous_session)
         return LoginStep(
-            redirect_to=transaction.return_to,
+            redirect_to=return_to,
             session_token=token,
             session_expires_at=record.expires_at,
         )

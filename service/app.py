@@ -67,7 +67,7 @@ def create_app(
     secret = config.service.secret_key
     app.secret_key = secret.get_secret_value() if secret is not None else None
 
-    from service.blueprints import credentials, demo_page, health, login, token
+    from service.blueprints import credentials, demo_page, health, login, saml, token
 
     security.init_app(app, config)
     request_metrics = metrics.init_app(app)
@@ -87,6 +87,7 @@ def create_app(
     )
     app.register_blueprint(health.bp)
     app.register_blueprint(login.bp)
+    app.register_blueprint(saml.bp)
     app.register_blueprint(token.bp)
     app.register_blueprint(credentials.bp)
     app.register_blueprint(demo_page.bp)

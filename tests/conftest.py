@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.fixtures.redis_server",
     "tests.fixtures.moto_server",
     "tests.fixtures.oidc_provider",
+    "tests.fixtures.saml_idp",
     "tests.fixtures.live_server",
     "tests.fakes",
 ]

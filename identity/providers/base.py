@@ -117,22 +117,43 @@ class RedirectProvider(Protocol):
 
 
 class SamlProvider(Protocol):
-    """A SAML 2.0 service provider for one identity provider (SP-initiated by default)."""
+    """A SAML 2.0 service provider for one identity provider: SP-initiated Web SSO
+    (HTTP-Redirect AuthnRequest, HTTP-POST Response), IdP-initiated only when the provider
+    allows it.
+
+    The caller owns the transaction: it picks an opaque RelayState, stores the AuthnRequest
+    id that ``authorization_request`` returns under it, bound to the browser, and hands
+    that id back to ``finish`` exactly once.
+    """
 
     @property
     def name(self) -> str: ...
 
-    def authorization_url(self, *, relay_state: str) -> tuple[str, str]:
-        """The IdP URL carrying a new AuthnRequest, and that request's id (to store for
-        the InResponseTo check)."""
+    @property
+    def allow_idp_initiated(self) -> bool:
+        """Whether unsolicited (IdP-initiated) responses may sign a user in."""
         ...
 
-    def finish(self, *, form: Mapping[str, str], request_id: str | None) -> Principal:
-        """Validate the posted ``SAMLResponse`` in strict mode (signed assertion,
-        audience, destination, times, ``InResponseTo == request_id``; ``None`` only when
-        IdP-initiated logins are allowed) and return the principal it asserts."""
+    def ready(self) -> bool:
+        """Whether the IdP's metadata is held, so that sign-ins can start."""
+        ...
+
+    def authorization_request(self, relay_state: str) -> tuple[str, str]:
+        """The IdP URL carrying a new AuthnRequest with ``relay_state`` (1..80 bytes), and
+        that request's id (to store for the InResponseTo check). Raises
+        ``UpstreamUnavailable`` while the IdP's metadata is not held."""
+        ...
+
+    def finish(
+        self, saml_response_b64: str, *, request_id: str | None, relay_state: str | None
+    ) -> Principal:
+        """Validate the posted ``SAMLResponse`` in strict mode (signed assertion, audience,
+        destination, recipient, times, replay, ``InResponseTo == request_id``; ``None``
+        only for an IdP-initiated response, refused unless allowed) and return the
+        principal it asserts. Raises ``InvalidToken``, ``AccessDenied`` (the IdP refused
+        the user), ``PayloadTooLarge`` or ``UpstreamUnavailable``."""
         ...
 
     def metadata(self) -> str:
-        """The SP metadata XML."""
+        """The SP metadata XML (entity id, ACS URL from ``service.public_url``)."""
         ...

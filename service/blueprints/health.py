@@ -29,6 +29,13 @@ def readyz() -> Response:
     except StoreError as e:
         raise UpstreamUnavailable("the state store is unreachable", log_detail=str(e)) from e
     checks: dict[str, Any] = {"config": "ok", "store": "ok"}
+    # Reported, not required: the other providers keep working while an IdP's metadata
+    # cannot be fetched.
+    saml = rt.broker.saml_providers
+    if saml:
+        checks["saml"] = {
+            name: "ok" if sp.ready() else "metadata unavailable" for name, sp in saml.items()
+        }
     return jsonify(status="ready", checks=checks)
 
 

@@ -44,7 +44,8 @@ def pre_login_cookie_name() -> str:
     return f"__Host-{runtime().config.service.cookie_name}_login"
 
 
-def _pre_login_value() -> str | None:
+def pre_login_value() -> str | None:
+    """The random value of this browser's pre-login cookie, when it has a well-formed one."""
     value = request.cookies.get(pre_login_cookie_name())
     return value if value is not None and _PRE_LOGIN_VALUE.fullmatch(value) else None
 
@@ -86,7 +87,7 @@ def providers() -> Response:
 def login(provider: str) -> BaseResponse:
     params = _single(request.args, _LOGIN_PARAMS)
     # A browser with a pre-login cookie keeps it, so logins in two tabs both succeed.
-    pre_login = _pre_login_value() or secrets.token_urlsafe(32)
+    pre_login = pre_login_value() or secrets.token_urlsafe(32)
     step = runtime().broker.logins.begin(
         provider,
         pre_login=pre_login,
@@ -115,7 +116,7 @@ def callback(provider: str) -> BaseResponse:
     step = runtime().broker.logins.complete(
         provider,
         params,
-        pre_login=_pre_login_value(),
+        pre_login=pre_login_value(),
         previous_session=session_cookie(),
     )
     response = redirect(step.redirect_to, 302)

@@ -49,7 +49,6 @@ from tests.fixtures.saml_idp import (
     encode,
     make_key_pair,
     rogue_keys,
-    saml_idp,  # noqa: F401 -- the fixture, until tests/conftest.py lists its module
     sp_keys,
     verify_signature,
 )
@@ -74,7 +73,7 @@ EXPECTED_ATTRIBUTE_CLAIMS = {
 
 
 @pytest.fixture
-def idp(saml_idp: SamlIdp) -> SamlIdp:  # noqa: F811 -- the imported fixture
+def idp(saml_idp: SamlIdp) -> SamlIdp:
     """The test IdP, on loopback."""
     return saml_idp
 

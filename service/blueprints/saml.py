@@ -1,0 +1,74 @@
+"""SAML 2.0 Web SSO: the service provider's metadata (``GET /v1/saml/{provider}/metadata``)
+and its Assertion Consumer Service (``POST /v1/saml/{provider}/acs``).
+
+The sign-in begins like every browser login, at ``GET /v1/login/{provider}``, which sends
+the AuthnRequest with an opaque RelayState (the login transaction's id). The IdP's answer
+is a cross-site POST: the pre-login cookie (``SameSite=None``) binds it to the browser that
+began the login; the stored transaction binds it to the AuthnRequest.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from flask import Blueprint, Response, redirect, request
+from werkzeug.wrappers import Response as BaseResponse
+
+from identity.errors import InvalidRequest, UnsupportedMediaType
+from identity.providers.saml import MAX_SAML_RESPONSE_BYTES
+from service.blueprints.login import pre_login_value
+from service.runtime import runtime
+from service.sessions import session_cookie, set_session_cookie
+
+bp = Blueprint("saml", __name__, url_prefix="/v1/saml")
+
+SAML_METADATA_TYPE: Final = "application/samlmetadata+xml"
+# The ACS alone takes bodies this large: a signed response carries certificates.
+ACS_MAX_BODY: Final = MAX_SAML_RESPONSE_BYTES
+_FORM_TYPES: Final = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+_MAX_RELAY_STATE: Final = 4096
+
+
+@bp.get("/<provider>/metadata")
+def metadata(provider: str) -> Response:
+    """The SP metadata to register at the IdP; URLs come from ``service.public_url``."""
+    xml = runtime().broker.logins.saml_provider(provider).metadata()
+    response = Response(xml, mimetype=SAML_METADATA_TYPE)
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+@bp.post("/<provider>/acs")
+def acs(provider: str) -> BaseResponse:
+    """The IdP's HTTP-POST answer: a session and the way back to ``return_to``, a native
+    app's one-time code, an error redirect, or a problem (see ``BrowserLogins.complete_saml``)."""
+    # Before the form is parsed: the app-wide service.max_body would refuse real responses.
+    request.max_content_length = ACS_MAX_BODY
+    request.max_form_memory_size = ACS_MAX_BODY
+    if request.mimetype not in _FORM_TYPES:
+        raise UnsupportedMediaType("the SAML response is posted as a form (HTTP-POST binding)")
+    form = _form()
+    step = runtime().broker.logins.complete_saml(
+        provider,
+        form,
+        pre_login=pre_login_value(),
+        previous_session=session_cookie(),
+    )
+    response = redirect(step.redirect_to, 302)
+    if step.session_token is not None and step.session_expires_at is not None:
+        set_session_cookie(response, step.session_token, step.session_expires_at)
+    return response
+
+
+def _form() -> dict[str, str]:
+    """``SAMLResponse`` and ``RelayState``, each at most once."""
+    found: dict[str, str] = {}
+    for name in ("SAMLResponse", "RelayState"):
+        values = request.form.getlist(name)
+        if len(values) > 1:
+            raise InvalidRequest(f"parameter {name!r} given more than once")
+        if values:
+            found[name] = values[0]
+    if len(found.get("RelayState", "")) > _MAX_RELAY_STATE:
+        raise InvalidRequest("parameter 'RelayState' is too long")
+    return found
