@@ -541,6 +541,14 @@ def test_a_login_while_the_idp_metadata_is_unavailable_goes_back_with_an_error(
                             allow_redirects=False, timeout=10)
     assert_error_redirect(response, "upstream_unavailable")
     assert PRE_LOGIN_COOKIE not in set_cookies(response)
+    ready = requests.get(f"{server.url}/readyz", timeout=10)
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["saml"] == {"corp": "metadata unavailable"}
+
+
+def test_readiness_reports_loaded_saml_metadata(broker: LiveServer) -> None:
+    ready = requests.get(f"{broker.url}/readyz", timeout=10).json()
+    assert ready["checks"] == {"config": "ok", "store": "ok", "saml": {"corp": "ok"}}
 
 
 # -- IdP-initiated sign-in -----------------------------------------------------------------
