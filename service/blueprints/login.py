@@ -19,7 +19,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response as BaseResponse
 
 from identity.errors import InvalidRequest
-from identity.logins import LOGIN_TTL
+from identity.logins import LOGIN_TTL, LoginStep
 from identity.mapping import app_instance_user_arn
 from service.responses import rfc3339
 from service.runtime import runtime
@@ -119,6 +119,12 @@ def callback(provider: str) -> BaseResponse:
         pre_login=pre_login_value(),
         previous_session=session_cookie(),
     )
+    return login_step_response(step)
+
+
+def login_step_response(step: LoginStep) -> BaseResponse:
+    """How every browser login ends: a 302 to where the step says, with the new session's
+    cookie when it opened one (never for a native app's code handoff)."""
     response = redirect(step.redirect_to, 302)
     if step.session_token is not None and step.session_expires_at is not None:
         set_session_cookie(response, step.session_token, step.session_expires_at)

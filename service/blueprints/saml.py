@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Final
 
-from flask import Blueprint, Response, redirect, request
+from flask import Blueprint, Response, request
 from werkzeug.wrappers import Response as BaseResponse
 
 from identity.errors import InvalidRequest, UnsupportedMediaType
 from identity.providers.saml import MAX_SAML_RESPONSE_BYTES
-from service.blueprints.login import pre_login_value
+from service.blueprints.login import login_step_response, pre_login_value
 from service.runtime import runtime
-from service.sessions import session_cookie, set_session_cookie
+from service.sessions import session_cookie
 
 bp = Blueprint("saml", __name__, url_prefix="/v1/saml")
 
@@ -54,10 +54,7 @@ def acs(provider: str) -> BaseResponse:
         pre_login=pre_login_value(),
         previous_session=session_cookie(),
     )
-    response = redirect(step.redirect_to, 302)
-    if step.session_token is not None and step.session_expires_at is not None:
-        set_session_cookie(response, step.session_token, step.session_expires_at)
-    return response
+    return login_step_response(step)
 
 
 def _form() -> dict[str, str]:
