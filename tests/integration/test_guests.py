@@ -377,7 +377,7 @@ def test_open_guests_are_rate_limited_per_client_address(aws: AwsWorld) -> None:
     refused = post_guest(client, {"provider": "lobby"})
 
     assert_refused(refused, 429, "rate_limited", aws)
-    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert int(refused.headers["Retry-After"]) in range(1, 61)
     elsewhere = post_guest(client, {"provider": "lobby"},
                            environ_base={"REMOTE_ADDR": "192.0.2.44"})
     assert elsewhere.status_code == 200

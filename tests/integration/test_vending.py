@@ -593,7 +593,7 @@ def test_cognito_errors_become_broker_errors(
     if broker_error is errors.RateLimited:
         assert error.code == "rate_limited"
         assert error.retry_after is not None
-        assert 1 <= error.retry_after <= 5
+        assert error.retry_after in range(1, 6)
     else:
         assert error.retry_after is None
 
