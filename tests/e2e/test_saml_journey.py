@@ -19,18 +19,17 @@ import pytest
 import requests
 from playwright.sync_api import Page
 
-from identity.config import BrokerConfig, build_config
+from identity.config import BrokerConfig
 from tests.e2e.pages import DemoPage, SpaServer
 from tests.fixtures.live_server import LiveServer
 from tests.fixtures.recorder import sts_tags
 from tests.fixtures.saml_idp import SamlAttribute, SamlIdp, SsoUser
+from tests.integration.test_saml_login import NATIVE, saml_config
 
 pytestmark = pytest.mark.e2e
 
-SECRET_KEY = "e2e-saml-secret-key-0123456789abcdefghij"
 COOKIE = "chime_broker_session"
 PRE_LOGIN_COOKIE = f"__Host-{COOKIE}_login"
-NATIVE = "com.example.chat:/oauth"
 ADA = SsoUser(
     "ada-0001",
     (
@@ -43,39 +42,8 @@ ADA_USER_ID = "corp-ada-0001"
 
 def broker_config(url: str, *, aws: Any, idp: SamlIdp, page_url: str) -> BrokerConfig:
     """A production broker at ``url`` whose one provider, ``corp`` ("Corp SSO"), is the
-    SAML ``idp``; the page at ``page_url`` may use it, and native apps may return to
-    ``com.example.chat:/oauth``."""
-    origin = page_url.rstrip("/")
-    return build_config(
-        {
-            "mode": "production",
-            "aws": {"region": aws.region, "sts": {"role_arn": aws.user_role_arn}},
-            "chime": {"app_instance_arn": aws.app_instance_arn, "user_tag": aws.user_tag},
-            "service": {
-                "public_url": url,
-                "secret_key": SECRET_KEY,
-                "allowed_origins": [origin],
-                "allowed_return_to": [page_url, NATIVE],
-            },
-            "store": "memory://",
-            "providers": [
-                {
-                    "name": "corp",
-                    "kind": "saml",
-                    "display_name": "Corp SSO",
-                    "idp_metadata_url": idp.metadata_url,
-                    "sp_entity_id": f"{url}/v1/saml/corp/metadata",
-                    "exchange": "sts",
-                    "map": {
-                        "user_id": "corp-{name_id}",
-                        "display_name": "{displayName}",
-                        "tags": {"department": "{department}"},
-                    },
-                }
-            ],
-        },
-        env={},
-    )
+    SAML ``idp``; the page at ``page_url`` may use it."""
+    return saml_config(url, aws, idp, page=page_url)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable
-from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -38,7 +37,7 @@ from tests.fixtures.configs import (
     provider_dict,
     valid_config_dict,
 )
-from tests.fixtures.live_server import LiveServer
+from tests.fixtures.live_server import LiveServer, LoopbackSession
 from tests.fixtures.oidc_provider import ALICE_SUB
 
 SECRET_KEY = "0123456789abcdef0123456789abcdef-browser"
@@ -135,32 +134,12 @@ def config_for(
     return parse_config(yaml.safe_dump(document))
 
 
-class _LoopbackSession(requests.Session):
-    """Sends ``Secure`` cookies over loopback http, as Chromium does.
-
-    requests copies the session's cookies into a jar with the default policy before each
-    request; the Cookie header is built again here from the session's own jar.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        policy = DefaultCookiePolicy()
-        policy.secure_protocols = ("https", "wss", "http")
-        self.cookies.set_policy(policy)
-
-    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
-        prepared = super().prepare_request(request)
-        prepared.headers.pop("Cookie", None)
-        prepared.prepare_cookies(self.cookies)
-        return prepared
-
-
 class Browser:
     """A cookie jar that follows no redirect by itself, so each hop can be inspected."""
 
     def __init__(self, broker: LiveServer) -> None:
         self.broker = broker
-        self.http = _LoopbackSession()
+        self.http = LoopbackSession()
 
     def get(self, url: str, **kwargs: Any) -> requests.Response:
         return self.http.get(url, allow_redirects=False, timeout=10, **kwargs)

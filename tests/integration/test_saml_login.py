@@ -17,7 +17,6 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,7 +28,7 @@ from onelogin.saml2.settings import OneLogin_Saml2_Settings
 
 from identity.config import BrokerConfig, build_config
 from tests.fixtures import saml_idp as idp_kit
-from tests.fixtures.live_server import LiveServer
+from tests.fixtures.live_server import LiveServer, LoopbackSession
 from tests.fixtures.recorder import sts_tags
 from tests.fixtures.saml_idp import (
     AuthnRequestSeen,
@@ -55,9 +54,12 @@ ALICE_ATTRIBUTES = (
 )
 
 
-def saml_config(url: str, aws: Any, idp: SamlIdp, **entry: Any) -> BrokerConfig:
-    """The broker at ``url`` with one SAML provider, ``corp``, whose IdP is ``idp``: user
-    ids ``corp-{name_id}``, the display name and a ``department`` tag from attributes."""
+def saml_config(
+    url: str, aws: Any, idp: SamlIdp, *, page: str = SPA_HOME, **entry: Any
+) -> BrokerConfig:
+    """The broker at ``url`` with one SAML provider, ``corp`` ("Corp SSO"), whose IdP is
+    ``idp``: user ids ``corp-{name_id}``, the display name and a ``department`` tag from
+    attributes. The SPA at ``page`` may use it; native apps may return to ``NATIVE``."""
     return build_config(
         {
             "mode": "production",
@@ -66,9 +68,9 @@ def saml_config(url: str, aws: Any, idp: SamlIdp, **entry: Any) -> BrokerConfig:
             "service": {
                 "public_url": url,
                 "secret_key": SECRET_KEY,
-                "allowed_origins": [SPA],
-                "allowed_return_to": [SPA_HOME, NATIVE],
-                "default_return_to": SPA_HOME,
+                "allowed_origins": ["{0.scheme}://{0.netloc}".format(urlsplit(page))],
+                "allowed_return_to": [page, NATIVE],
+                "default_return_to": page,
             },
             "store": "memory://",
             "providers": [
@@ -90,23 +92,6 @@ def saml_config(url: str, aws: Any, idp: SamlIdp, **entry: Any) -> BrokerConfig:
         },
         env={},
     )
-
-
-class _LoopbackSession(requests.Session):
-    """Sends ``Secure`` cookies over loopback http, as Chromium does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        policy = DefaultCookiePolicy()
-        policy.secure_protocols = ("https", "wss", "http")
-        self.cookies.set_policy(policy)
-
-    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
-        prepared = super().prepare_request(request)
-        # requests builds the Cookie header with a default-policy jar; build it again.
-        prepared.headers.pop("Cookie", None)
-        prepared.prepare_cookies(self.cookies)
-        return prepared
 
 
 @dataclass(frozen=True)
@@ -131,7 +116,7 @@ class Browser:
     def __init__(self, broker: LiveServer, idp: SamlIdp) -> None:
         self.broker = broker
         self.idp = idp
-        self.http = _LoopbackSession()
+        self.http = LoopbackSession()
         self.acs_url = f"{broker.url}/v1/saml/corp/acs"
 
     def get(self, url: str, **kwargs: Any) -> requests.Response:
