@@ -8,6 +8,8 @@ from http.cookiejar import DefaultCookiePolicy
 import requests
 from requests.adapters import HTTPAdapter
 
+from identity.errors import BrokerError, UpstreamTimeout, UpstreamUnavailable
+
 
 def upstream_session(*, pool_maxsize: int) -> requests.Session:
     """A session for one upstream: no automatic retries (callers back off or answer 503
@@ -33,3 +35,16 @@ def read_capped(response: requests.Response, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def no_answer(error: requests.RequestException, *, upstream: str, where: str) -> BrokerError:
+    """The broker's error for a call to an identity provider that got no answer: a timeout is
+    504 ``upstream_timeout``, anything else 503 ``upstream_unavailable``. ``upstream`` names
+    it for the client; ``where`` (operation and URL) goes to the log only."""
+    if isinstance(error, requests.Timeout):
+        return UpstreamTimeout(
+            f"{upstream} did not answer in time", log_detail=f"{where} timed out"
+        )
+    return UpstreamUnavailable(
+        f"{upstream} is unreachable", log_detail=f"{where} unreachable: {type(error).__name__}"
+    )

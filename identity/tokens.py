@@ -26,7 +26,7 @@ import requests
 from jwt.algorithms import AllowedPublicKeys
 
 from identity.errors import BrokerError, InvalidToken, UpstreamTimeout, UpstreamUnavailable
-from identity.http import read_capped, upstream_session
+from identity.http import no_answer, read_capped, upstream_session
 
 logger = logging.getLogger(__name__)
 
@@ -270,12 +270,8 @@ class JwksCache:
                         log_detail=f"{what} {url} answered HTTP {response.status_code}"
                     )
                 body = read_capped(response, self._max_document_bytes)
-        except requests.Timeout as e:
-            raise UpstreamTimeout(log_detail=f"{what} {url} timed out") from e
         except requests.RequestException as e:
-            raise UpstreamUnavailable(
-                log_detail=f"{what} {url} unreachable: {type(e).__name__}"
-            ) from e
+            raise no_answer(e, upstream="the identity provider", where=f"{what} {url}") from e
         if body is None:
             raise UpstreamUnavailable(
                 log_detail=f"{what} {url} is over {self._max_document_bytes} bytes"

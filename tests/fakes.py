@@ -12,15 +12,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
 import pytest
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
+
+from tests.fixtures.loopback import LoopbackServer
 
 FACEBOOK_APP_ID = "1234567890"
 FACEBOOK_APP_SECRET = "facebook-app-secret-for-tests"
@@ -49,12 +49,6 @@ class Fault:
     delay: float = 0.0
 
 
-class _QuietHandler(WSGIRequestHandler):
-    # The request line holds tokens in its query string: keep it out of the test log.
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        return
-
-
 class FakeApi:
     """A Werkzeug app on ``127.0.0.1:<free port>``; use as a context manager or call
     ``.stop()``."""
@@ -63,24 +57,12 @@ class FakeApi:
         self.requests: list[RecordedRequest] = []
         self.fault: Fault | None = None
         self._routes: dict[str, Callable[[Request], Response]] = {}
-        self._server: BaseWSGIServer = make_server(
-            "127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler
-        )
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            # A short poll keeps stop(), which waits for the next poll, quick.
-            kwargs={"poll_interval": 0.05},
-            name=f"{type(self).__name__}-{self._server.server_port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._server = LoopbackServer(self._wsgi, name=type(self).__name__)
+        self.url = f"http://127.0.0.1:{self._server.port}"
 
     def stop(self) -> None:
         """Stop serving and release the port."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
 
     def __enter__(self) -> Self:
         return self

@@ -48,9 +48,9 @@ from identity.errors import (
     InvalidToken,
     ReauthenticationRequired,
     UpstreamError,
-    UpstreamTimeout,
     UpstreamUnavailable,
 )
+from identity.http import no_answer
 from identity.models import Principal
 from identity.providers.base import RedirectLogin, RedirectProvider, Refreshed, TokenProvider
 from identity.providers.oidc import IdTokenProvider
@@ -282,15 +282,8 @@ def _get_json(url: str, what: str, timeouts: tuple[float, float]) -> dict[str, A
         ) as response:
             status = response.status_code
             body = response.raw.read(MAX_DISCOVERY_BYTES + 1, decode_content=True)
-    except requests.Timeout:
-        raise UpstreamTimeout(
-            "identity provider did not answer in time", log_detail=f"{what} {url} timed out"
-        ) from None
     except requests.RequestException as e:
-        raise UpstreamUnavailable(
-            "identity provider unreachable",
-            log_detail=f"{what} {url} unreachable: {type(e).__name__}",
-        ) from None
+        raise no_answer(e, upstream="the identity provider", where=f"{what} {url}") from None
     if status != 200 or len(body) > MAX_DISCOVERY_BYTES:
         raise UpstreamUnavailable(
             "identity provider metadata unavailable",
@@ -462,11 +455,6 @@ class CodeFlowProvider:
                     )
             except AuthlibBaseError as e:
                 raise _token_error(self._name, str(e.error), grant_type) from None
-            except requests.Timeout:
-                raise UpstreamTimeout(
-                    f"{self._name}: the token endpoint did not answer in time",
-                    log_detail=f"{grant_type} at {server.token_endpoint} timed out",
-                ) from None
             except requests.HTTPError as e:
                 status = e.response.status_code if e.response is not None else 0
                 raise UpstreamError(
@@ -474,9 +462,10 @@ class CodeFlowProvider:
                     log_detail=f"{grant_type} at {server.token_endpoint}: HTTP {status}",
                 ) from None
             except requests.RequestException as e:
-                raise UpstreamUnavailable(
-                    f"{self._name}: the token endpoint is unreachable",
-                    log_detail=f"{grant_type} at {server.token_endpoint}: {type(e).__name__}",
+                raise no_answer(
+                    e,
+                    upstream=f"{self._name}: the token endpoint",
+                    where=f"{grant_type} at {server.token_endpoint}",
                 ) from None
             except ValueError:
                 raise UpstreamError(

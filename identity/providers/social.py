@@ -30,8 +30,8 @@ from identity.config import (
     FacebookProvider,
     GoogleProvider,
 )
-from identity.errors import InvalidToken, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from identity.http import read_capped, upstream_session
+from identity.errors import InvalidToken, UpstreamError
+from identity.http import no_answer, read_capped, upstream_session
 from identity.models import Principal
 from identity.providers.oidc import IdTokenProvider, login_key_for_issuer
 from identity.tokens import JwksCache
@@ -205,15 +205,9 @@ class InspectionClient:
             ) as response:
                 status = response.status_code
                 body = read_capped(response, self._max_response_bytes)
-        except requests.Timeout:
-            raise UpstreamTimeout(
-                f"{self._provider}: {what} did not answer in time",
-                log_detail=f"{what} {where} timed out",
-            ) from None
         except requests.RequestException as e:
-            raise UpstreamUnavailable(
-                f"{self._provider}: {what} unreachable",
-                log_detail=f"{what} {where} unreachable: {type(e).__name__}",
+            raise no_answer(
+                e, upstream=f"{self._provider}: {what}", where=f"{what} {where}"
             ) from None
         if status in (400, 401):
             raise InvalidToken(
