@@ -5,14 +5,25 @@ configuration (default chain, ``AWS_ENDPOINT_URL``); the config's region wins.""
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal, TypeVar, cast, get_args
 
 import boto3
+from botocore.client import BaseClient
 from botocore.config import Config
 
-from identity.config import BrokerConfig
+from identity.config.document import BrokerConfig
 
-SERVICES = ("cognito-identity", "sts", "chime-sdk-identity", "chime-sdk-messaging")
+if TYPE_CHECKING:
+    from types_boto3_chime_sdk_identity.client import ChimeSDKIdentityClient
+    from types_boto3_chime_sdk_messaging.client import ChimeSDKMessagingClient
+    from types_boto3_cognito_identity.client import CognitoIdentityClient
+    from types_boto3_sts.client import STSClient
+
+Service = Literal["cognito-identity", "sts", "chime-sdk-identity", "chime-sdk-messaging"]
+SERVICES: tuple[Service, ...] = get_args(Service)
+
+_ClientT = TypeVar("_ClientT", bound=BaseClient)
 
 
 class AwsClients:
@@ -30,38 +41,49 @@ class AwsClients:
             user_agent_extra="chime-identity-broker",
         )
         self._session = boto3.session.Session(region_name=config.aws.region)
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[Service, BaseClient] = {}
         self._lock = threading.Lock()
 
-    def client(self, service: str) -> Any:
-        """The one client for ``service`` in this process."""
+    def _client(self, service: Service, build: Callable[[], _ClientT]) -> _ClientT:
+        """The one client for ``service`` in this process, built on first use."""
         found = self._clients.get(service)
-        if found is not None:
-            return found
-        with self._lock:
-            found = self._clients.get(service)
-            if found is None:
-                found = self._session.client(service, config=self._botocore_config)
-                self._clients[service] = found
-            return found
+        if found is None:
+            with self._lock:
+                found = self._clients.get(service)
+                if found is None:
+                    found = self._clients[service] = build()
+        # Only ``build`` and ``install`` put a client under ``service``: one of that service.
+        return cast("_ClientT", found)
 
-    def install(self, service: str, client: Any) -> None:
-        """Use ``client`` for ``service`` (a Stubber-wrapped client in tests)."""
+    def install(self, service: Service, client: BaseClient) -> None:
+        """Use ``client``, a client of ``service``, from now on (a Stubber-wrapped one in
+        tests)."""
         with self._lock:
             self._clients[service] = client
 
     @property
-    def cognito_identity(self) -> Any:
-        return self.client("cognito-identity")
+    def cognito_identity(self) -> CognitoIdentityClient:
+        return self._client(
+            "cognito-identity",
+            lambda: self._session.client("cognito-identity", config=self._botocore_config),
+        )
 
     @property
-    def sts(self) -> Any:
-        return self.client("sts")
+    def sts(self) -> STSClient:
+        return self._client(
+            "sts", lambda: self._session.client("sts", config=self._botocore_config)
+        )
 
     @property
-    def chime_identity(self) -> Any:
-        return self.client("chime-sdk-identity")
+    def chime_identity(self) -> ChimeSDKIdentityClient:
+        return self._client(
+            "chime-sdk-identity",
+            lambda: self._session.client("chime-sdk-identity", config=self._botocore_config),
+        )
 
     @property
-    def chime_messaging(self) -> Any:
-        return self.client("chime-sdk-messaging")
+    def chime_messaging(self) -> ChimeSDKMessagingClient:
+        return self._client(
+            "chime-sdk-messaging",
+            lambda: self._session.client("chime-sdk-messaging", config=self._botocore_config),
+        )

@@ -8,47 +8,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from identity import errors
-from identity.aws import AwsClients
 from identity.chime import AppInstanceUsers, MessagingEndpoint
-from identity.config import BrokerConfig, GuestProvider, ProviderConfig
+from identity.config.document import BrokerConfig
+from identity.config.models import ProviderBase
 from identity.credential_cache import CredentialCache
-from identity.logins import BrowserLogins
-from identity.mapping import ClaimMapper, app_instance_user_arn, build_mappers
-from identity.models import MappedUser, Principal, VendedCredentials
-from identity.providers.base import RedirectProvider, SamlProvider, TokenProvider
-from identity.providers.guest import MeetingGuests, build_guest_providers, guest_display_name
-from identity.providers.redirect import build_redirect_providers
-from identity.providers.registry import build_token_providers
-from identity.providers.saml import build_saml_providers
+from identity.mapping import ClaimMapper, app_instance_user_arn
+from identity.models import Grant, MappedUser, Principal, VendedCredentials
+from identity.providers.base import RedirectProvider, TokenProvider
+from identity.providers.guest import GuestConfig, MeetingGuests, guest_display_name
+from identity.providers.kinds import Providers
 from identity.sealing import Sealer, token_hash
 from identity.sessions import SessionManager, SessionRecord
 from identity.store import Store
 from identity.vending.base import Vendor, VendRequest
-from identity.vending.registry import build_vendors
 
 log = logging.getLogger("chime_broker.broker")
-
-
-@dataclass(frozen=True)
-class Grant:
-    """What a successful exchange hands the client."""
-
-    provider: str
-    user: MappedUser
-    credentials: VendedCredentials
-    app_instance_arn: str
-    app_instance_user_arn: str
-    region: str
-    session_token: str | None = None
-    session_expires_at: datetime | None = None
-    messaging_session_endpoint: str | None = None
 
 
 class Broker:
@@ -57,46 +36,39 @@ class Broker:
     def __init__(
         self,
         config: BrokerConfig,
-        store: Store,
         *,
-        clients: AwsClients | None = None,
-        clock: Callable[[], float] = time.time,
+        store: Store,
+        sealer: Sealer,
+        providers: Providers,
+        mappers: Mapping[str, ClaimMapper],
+        vendors: Mapping[str, Vendor],
+        app_instance_users: AppInstanceUsers | None,
+        messaging_endpoint: MessagingEndpoint | None,
+        clock: Callable[[], float],
     ) -> None:
+        """Everything is built once by ``identity.wiring``."""
         self.config = config
         self.store = store
-        self.clients = clients if clients is not None else AwsClients(config)
         self.clock = clock
-        secret = config.service.secret_key
-        # demo mode may run without a secret: a per-process one is enough for memory://
-        self.sealer = Sealer(
-            secret.get_secret_value() if secret is not None else secrets.token_hex(32)
-        )
-        self.sessions = SessionManager(store, self.sealer, clock=clock)
+        self.sealer = sealer
+        self.sessions = SessionManager(store, sealer, clock=clock)
         self.credential_cache = CredentialCache(
-            store, self.sealer, clock=clock, enabled=config.service.cache_credentials
+            store, sealer, clock=clock, enabled=config.service.cache_credentials
         )
-        self.token_providers: Mapping[str, TokenProvider] = build_token_providers(config)
-        self.redirect_providers: Mapping[str, RedirectProvider] = build_redirect_providers(
-            config, self.token_providers
-        )
-        # IdP metadata is loaded here, once: a bad metadata file fails start-up.
-        self.saml_providers: Mapping[str, SamlProvider] = build_saml_providers(
-            config, store=store
-        )
-        self.logins = BrowserLogins(self, self.redirect_providers, self.saml_providers)
-        self.mappers: Mapping[str, ClaimMapper] = build_mappers(config)
-        self.vendors: Mapping[str, Vendor] = build_vendors(config, self.clients, store)
-        self.guests: Mapping[str, MeetingGuests] = build_guest_providers(config, store, clock=clock)
-        self.app_instance_users = (
-            AppInstanceUsers(config.chime, self.clients, store, clock=clock)
-            if config.chime.provision_users
-            else None
-        )
-        self.messaging_endpoint = (
-            MessagingEndpoint(self.clients) if config.chime.messaging_endpoint else None
-        )
+        self.token_providers: Mapping[str, TokenProvider] = providers.token
+        self.redirect_providers: Mapping[str, RedirectProvider] = providers.redirect
+        self.guests: Mapping[str, MeetingGuests] = providers.guests
+        self.mappers = mappers
+        self.vendors = vendors
+        self.app_instance_users = app_instance_users
+        self.messaging_endpoint = messaging_endpoint
 
-    def provider_config(self, name: str) -> ProviderConfig:
+    def map_user(self, provider: str, principal: Principal) -> MappedUser:
+        """``principal`` mapped by ``provider``'s rules (``AccessDenied``,
+        ``UnmappableIdentity`` when it cannot be)."""
+        return self.mappers[provider].map(principal)
+
+    def provider_config(self, name: str) -> ProviderBase:
         found = self.config.provider(name)
         if found is None:
             raise errors.UnknownProvider(f"no provider named {name!r}")
@@ -158,7 +130,7 @@ class Broker:
 
     def start_session(
         self,
-        provider_cfg: ProviderConfig,
+        provider_cfg: ProviderBase,
         principal: Principal,
         *,
         origin: str,
@@ -178,14 +150,20 @@ class Broker:
         lifetime = self.config.service.session_lifetime
         credentials = self.vend(provider_cfg, user, principal, max_duration=lifetime)
         record = self._session_record(
-            provider_cfg, principal, user, origin=origin, now=now,
-            refresh_token=refresh_token, end_session_url=end_session_url,
+            provider_cfg,
+            principal,
+            user,
+            origin=origin,
+            now=now,
+            refresh_token=refresh_token,
+            end_session_url=end_session_url,
         )
         token = self.sessions.create(record)
         log.info(
             "session started",
-            extra={"fields": {"provider": provider_cfg.name, "user_id": user.user_id,
-                              "origin": origin}},
+            extra={
+                "fields": {"provider": provider_cfg.name, "user_id": user.user_id, "origin": origin}
+            },
         )
         return self.grant(
             provider_cfg.name,
@@ -197,7 +175,7 @@ class Broker:
 
     def open_browser_session(
         self,
-        provider_cfg: ProviderConfig,
+        provider_cfg: ProviderBase,
         principal: Principal,
         *,
         refresh_token: str | None = None,
@@ -209,14 +187,24 @@ class Broker:
         user = self.mappers[provider_cfg.name].map(principal)
         self._provision(provider_cfg, user)
         record = self._session_record(
-            provider_cfg, principal, user, origin="browser", now=self.clock(),
-            refresh_token=refresh_token, end_session_url=end_session_url,
+            provider_cfg,
+            principal,
+            user,
+            origin="browser",
+            now=self.clock(),
+            refresh_token=refresh_token,
+            end_session_url=end_session_url,
         )
         token = self.sessions.create(record)
         log.info(
             "session started",
-            extra={"fields": {"provider": provider_cfg.name, "user_id": user.user_id,
-                              "origin": "browser"}},
+            extra={
+                "fields": {
+                    "provider": provider_cfg.name,
+                    "user_id": user.user_id,
+                    "origin": "browser",
+                }
+            },
         )
         return token, record
 
@@ -227,19 +215,17 @@ class Broker:
             raise errors.Unauthenticated("no broker session, or it has ended")
         return record
 
-    def _provision(self, provider_cfg: ProviderConfig, user: MappedUser) -> None:
+    def _provision(self, provider_cfg: ProviderBase, user: MappedUser) -> None:
         if self.app_instance_users is not None:
             # Before vending: credentials for a user Chime does not know are never issued.
             expiration = (
-                provider_cfg.user_expiration_days
-                if isinstance(provider_cfg, GuestProvider)
-                else None
+                provider_cfg.user_expiration_days if isinstance(provider_cfg, GuestConfig) else None
             )
             self.app_instance_users.ensure(user, expiration_days=expiration)
 
     def _session_record(
         self,
-        provider_cfg: ProviderConfig,
+        provider_cfg: ProviderBase,
         principal: Principal,
         user: MappedUser,
         *,
@@ -312,16 +298,16 @@ class Broker:
         return self.grant(record.provider, user, credentials)
 
     def _recheck(
-        self, session_token: str, record: SessionRecord, provider_cfg: ProviderConfig, now: float
+        self, session_token: str, record: SessionRecord, provider_cfg: ProviderBase, now: float
     ) -> SessionRecord:
         """Refresh at the IdP when due; the record as it stands afterwards."""
         provider = self.redirect_providers.get(record.provider)
         if not record.refresh_token or provider is None:
             return record
         last = record.rechecked_at if record.rechecked_at is not None else record.created_at
-        login_ran_out = provider_cfg.exchange == "cognito" and (
-            record.login_token_expires_at or 0
-        ) <= now
+        login_ran_out = (
+            provider_cfg.exchange == "cognito" and (record.login_token_expires_at or 0) <= now
+        )
         if now - last < self.config.service.recheck_interval and not login_ran_out:
             return record
         # One re-check per session at a time: a rotated refresh token works only once.
@@ -341,17 +327,22 @@ class Broker:
                 with contextlib.suppress(errors.Unauthenticated):
                     self.end_session(session_token)
                 raise
-            record = replace(record, refresh_token=refreshed.refresh_token, rechecked_at=now)
+            record = record.model_copy(
+                update={"refresh_token": refreshed.refresh_token, "rechecked_at": now}
+            )
             if (
                 provider_cfg.exchange == "cognito"
                 and principal is not None
                 and principal.login_token is not None
             ):
                 expires = principal.token_expires_at
-                record = replace(
-                    record,
-                    login_token=principal.login_token,
-                    login_token_expires_at=expires.timestamp() if expires is not None else None,
+                record = record.model_copy(
+                    update={
+                        "login_token": principal.login_token,
+                        "login_token_expires_at": (
+                            expires.timestamp() if expires is not None else None
+                        ),
+                    }
                 )
             self.sessions.update(session_token, record)
             log.info(
@@ -377,7 +368,7 @@ class Broker:
         )
         return record
 
-    def _cache_key(self, session_token: str, provider_cfg: ProviderConfig, user: MappedUser) -> str:
+    def _cache_key(self, session_token: str, provider_cfg: ProviderBase, user: MappedUser) -> str:
         role = (
             getattr(provider_cfg, "role_arn", None)
             or getattr(provider_cfg, "custom_role_arn", None)
@@ -393,7 +384,7 @@ class Broker:
 
     def vend(
         self,
-        provider_cfg: ProviderConfig,
+        provider_cfg: ProviderBase,
         user: MappedUser,
         principal: Principal,
         *,

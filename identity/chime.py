@@ -19,23 +19,32 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import TypeAdapter
 
 from identity.aws import AwsClients
-from identity.config import ChimeConfig
+from identity.config.models import ChimeConfig
 from identity.errors import BrokerError, UpstreamError
 from identity.mapping import app_instance_user_arn
 from identity.models import MappedUser
+from identity.records import StoredRecord, read_record
 from identity.store import Store
 from identity.vending.aws_errors import error_code, translate
+
+if TYPE_CHECKING:
+    from types_boto3_chime_sdk_identity.type_defs import (
+        AppInstanceUserTypeDef,
+        CreateAppInstanceUserRequestTypeDef,
+    )
 
 __all__ = [
     "ENDPOINT_TTL",
     "PROVISIONED_TTL",
     "AppInstanceUsers",
     "MessagingEndpoint",
+    "ProvisionedUser",
     "client_request_token",
     "provisioning_key",
 ]
@@ -81,8 +90,19 @@ def provisioning_key(app_instance_arn: str, user_id: str) -> str:
     return _KEY_PREFIX + _digest(app_instance_arn, user_id)
 
 
-def _name_digest(name: str) -> bytes:
-    return hashlib.sha256(name.encode("utf-8")).hexdigest().encode("ascii")
+class ProvisionedUser(StoredRecord):
+    """What the broker remembers of a user it made sure exists (under
+    ``provisioning_key``): the SHA-256 of the name Chime holds."""
+
+    v: Literal[1] = 1
+    name_sha256: str
+
+
+_PROVISIONED: Final = TypeAdapter(ProvisionedUser)
+
+
+def _name_digest(name: str) -> str:
+    return hashlib.sha256(name.encode("utf-8")).hexdigest()
 
 
 def _failure(error: BotoCoreError | ClientError, service: str) -> BrokerError:
@@ -126,8 +146,8 @@ class AppInstanceUsers:
         key = provisioning_key(self._app_instance_arn, user.user_id)
         name = user.display_name if user.display_name.strip() else user.user_id
         digest = _name_digest(name)
-        known = self._store.get(key)
-        if known == digest:
+        known = read_record(_PROVISIONED, self._store.get(key))
+        if known is not None and known.name_sha256 == digest:
             return
         arn = app_instance_user_arn(self._app_instance_arn, user.user_id)
         if known is None:
@@ -135,12 +155,12 @@ class AppInstanceUsers:
         else:
             ttl = self._synchronise_name(arn, name)
         if ttl is not None:
-            self._store.set(key, digest, ttl)
+            self._store.set(key, _PROVISIONED.dump_json(ProvisionedUser(name_sha256=digest)), ttl)
 
     def _create(
         self, user_id: str, arn: str, name: str, expiration_days: int | None
     ) -> float | None:
-        params: dict[str, Any] = {
+        params: CreateAppInstanceUserRequestTypeDef = {
             "AppInstanceArn": self._app_instance_arn,
             "AppInstanceUserId": user_id,
             "Name": name,
@@ -182,7 +202,7 @@ class AppInstanceUsers:
             raise _failure(error, IDENTITY_SERVICE) from error
         return self._entry_ttl(self._seconds_left(found))
 
-    def _seconds_left(self, found: dict[str, Any]) -> float | None:
+    def _seconds_left(self, found: AppInstanceUserTypeDef) -> float | None:
         settings = found.get("ExpirationSettings")
         created = found.get("CreatedTimestamp")
         if not settings or not isinstance(created, datetime):

@@ -9,14 +9,31 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from typing import Final, Literal
+
+from pydantic import AwareDatetime, Field, TypeAdapter
 
 from identity.models import VendedCredentials
+from identity.records import StoredRecord, read_record
 from identity.sealing import Sealer
 from identity.store import Store
 
 MIN_REMAINING = 15 * 60
 _PREFIX = "creds:"
+
+
+class CachedCredentials(StoredRecord):
+    """One cache entry: the vended credentials as they were returned."""
+
+    v: Literal[1] = 1
+    access_key_id: str
+    secret_access_key: str = Field(repr=False)
+    session_token: str = Field(repr=False)
+    expiration: AwareDatetime
+    identity_id: str | None
+
+
+_CACHED: Final = TypeAdapter(CachedCredentials)
 
 
 class CredentialCache:
@@ -42,19 +59,15 @@ class CredentialCache:
         sealed = self._store.get(key)
         if sealed is None:
             return None
-        plain = self._sealer.open(sealed, context=key)
-        if plain is None:
-            return None
-        entry = json.loads(plain)
-        expiration = datetime.fromtimestamp(entry["expiration"], UTC)
-        if expiration.timestamp() - self._clock() < MIN_REMAINING:
+        entry = read_record(_CACHED, self._sealer.open(sealed, context=key))
+        if entry is None or entry.expiration.timestamp() - self._clock() < MIN_REMAINING:
             return None
         return VendedCredentials(
-            access_key_id=entry["access_key_id"],
-            secret_access_key=entry["secret_access_key"],
-            session_token=entry["session_token"],
-            expiration=expiration,
-            identity_id=entry["identity_id"],
+            access_key_id=entry.access_key_id,
+            secret_access_key=entry.secret_access_key,
+            session_token=entry.session_token,
+            expiration=entry.expiration,
+            identity_id=entry.identity_id,
         )
 
     def put(self, key: str, credentials: VendedCredentials) -> None:
@@ -63,14 +76,14 @@ class CredentialCache:
         ttl = credentials.expiration.timestamp() - self._clock() - MIN_REMAINING
         if ttl <= 0:
             return
-        entry = {
-            "access_key_id": credentials.access_key_id,
-            "secret_access_key": credentials.secret_access_key,
-            "session_token": credentials.session_token,
-            "expiration": credentials.expiration.timestamp(),
-            "identity_id": credentials.identity_id,
-        }
-        body = json.dumps(entry, separators=(",", ":")).encode()
+        entry = CachedCredentials(
+            access_key_id=credentials.access_key_id,
+            secret_access_key=credentials.secret_access_key,
+            session_token=credentials.session_token,
+            expiration=credentials.expiration,
+            identity_id=credentials.identity_id,
+        )
+        body = _CACHED.dump_json(entry)
         self._store.set(key, self._sealer.seal(body, context=key), ttl)
 
     def forget(self, key: str) -> None:

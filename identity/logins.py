@@ -22,24 +22,24 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from identity import errors
-from identity.models import Principal
-from identity.providers.base import RedirectLogin, RedirectProvider, SamlProvider
-from identity.sealing import Sealer
-from identity.store import Store
+from pydantic import Field, TypeAdapter
 
-if TYPE_CHECKING:
-    from identity.broker import Broker, Grant
+from identity import errors
+from identity.config.models import ProviderBase, ServiceConfig
+from identity.models import Grant, MappedUser, Principal
+from identity.providers.base import Endpoints, RedirectLogin, RedirectProvider, SamlProvider
+from identity.records import StoredRecord, read_record
+from identity.sealing import Sealer
+from identity.sessions import SessionRecord
+from identity.store import Store
 
 log = logging.getLogger("chime_broker.logins")
 
@@ -69,19 +69,22 @@ def with_query(url: str, **params: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
-@dataclass(frozen=True)
-class LoginTransaction:
+class LoginTransaction(StoredRecord):
     """One browser login in flight. ``binding`` is the keyed hash of the pre-login cookie;
     an OIDC login keeps ``nonce`` and ``code_verifier``, a SAML login ``saml_request_id``."""
 
+    v: Literal[1] = 1
     provider: str
     return_to: str
-    binding: str = field(repr=False)
+    binding: str = Field(repr=False)
     created_at: float
-    nonce: str = field(default="", repr=False)
-    code_verifier: str = field(default="", repr=False)
+    nonce: str = Field(default="", repr=False)
+    code_verifier: str = Field(default="", repr=False)
     native_challenge: str | None = None
-    saml_request_id: str | None = field(default=None, repr=False)
+    saml_request_id: str | None = Field(default=None, repr=False)
+
+
+_TRANSACTION: Final = TypeAdapter(LoginTransaction)
 
 
 @dataclass(frozen=True)
@@ -96,38 +99,20 @@ class LoginStep:
     error: str | None = None
 
 
-@dataclass(frozen=True)
-class NativeHandoff:
+class NativeHandoff(StoredRecord):
     """A finished native login waiting for its app: what the provider proved, bound to the
     app's code challenge."""
 
+    v: Literal[1] = 1
     provider: str
     principal: Principal
     code_challenge: str
     created_at: float
-    refresh_token: str | None = field(default=None, repr=False)
-    end_session_url: str | None = field(default=None, repr=False)
+    refresh_token: str | None = Field(default=None, repr=False)
+    end_session_url: str | None = Field(default=None, repr=False)
 
-    def to_json(self) -> bytes:
-        principal = asdict(self.principal)
-        expires = self.principal.token_expires_at
-        principal["token_expires_at"] = expires.timestamp() if expires is not None else None
-        return json.dumps(
-            {**asdict(self), "principal": principal}, separators=(",", ":")
-        ).encode()
 
-    @classmethod
-    def from_json(cls, raw: bytes) -> NativeHandoff:
-        data: dict[str, Any] = json.loads(raw)
-        principal = dict(data.pop("principal"))
-        expires = principal.pop("token_expires_at")
-        return cls(
-            principal=Principal(
-                **principal,
-                token_expires_at=datetime.fromtimestamp(expires, UTC) if expires else None,
-            ),
-            **data,
-        )
+_HANDOFF: Final = TypeAdapter(NativeHandoff)
 
 
 class LoginTransactions:
@@ -151,7 +136,7 @@ class LoginTransactions:
         given) and return the state."""
         state = state if state is not None else self.new_state()
         key = self._key(state)
-        body = json.dumps(asdict(transaction), separators=(",", ":")).encode()
+        body = _TRANSACTION.dump_json(transaction)
         self._store.set(key, self._sealer.seal(body, context=key), LOGIN_TTL)
         return state
 
@@ -160,9 +145,7 @@ class LoginTransactions:
         taking it."""
         if not state or not _STATE.fullmatch(state):
             return False
-        key = self._key(state)
-        sealed = self._store.get(key)
-        return sealed is not None and self._sealer.open(sealed, context=key) is not None
+        return self._read(self._key(state)) is not None
 
     def take(
         self, state: str | None, *, provider: str, binding: str, now: float
@@ -176,13 +159,11 @@ class LoginTransactions:
         if not state or not _STATE.fullmatch(state):
             raise errors.InvalidRequest("the sign-in answer has no valid state")
         key = self._key(state)
-        sealed = self._store.get(key)
-        plain = self._sealer.open(sealed, context=key) if sealed is not None else None
-        if plain is None:
+        transaction = self._read(key)
+        if transaction is None:
             raise errors.InvalidRequest(
                 "unknown, used or expired sign-in; start again", log_detail="state not found"
             )
-        transaction = LoginTransaction(**json.loads(plain))
         if not hmac.compare_digest(transaction.binding, binding):
             raise errors.InvalidRequest(
                 "this sign-in was started in another browser; start again",
@@ -204,6 +185,12 @@ class LoginTransactions:
             )
         return transaction
 
+    def _read(self, key: str) -> LoginTransaction | None:
+        sealed = self._store.get(key)
+        if sealed is None:
+            return None
+        return read_record(_TRANSACTION, self._sealer.open(sealed, context=key))
+
     def _key(self, state: str) -> str:
         return _TRANSACTION_KEY + self._sealer.key_hash("login-state", state)
 
@@ -218,7 +205,8 @@ class NativeCodes:
     def issue(self, handoff: NativeHandoff) -> str:
         code = NATIVE_CODE_PREFIX + secrets.token_urlsafe(32)
         key = self._key(code)
-        self._store.set(key, self._sealer.seal(handoff.to_json(), context=key), NATIVE_CODE_TTL)
+        body = _HANDOFF.dump_json(handoff)
+        self._store.set(key, self._sealer.seal(body, context=key), NATIVE_CODE_TTL)
         return code
 
     def redeem(self, provider: str, code: str, code_verifier: str, *, now: float) -> NativeHandoff:
@@ -234,10 +222,11 @@ class NativeCodes:
             raise refused
         key = self._key(code)
         sealed = self._store.get_and_delete(key)
-        plain = self._sealer.open(sealed, context=key) if sealed is not None else None
-        if plain is None:
+        if sealed is None:
             raise refused
-        handoff = NativeHandoff.from_json(plain)
+        handoff = read_record(_HANDOFF, self._sealer.open(sealed, context=key))
+        if handoff is None:
+            raise refused
         if now - handoff.created_at > NATIVE_CODE_TTL:
             refused.log_detail = "native code expired"
             raise refused
@@ -253,28 +242,65 @@ class NativeCodes:
         return _NATIVE_KEY + self._sealer.key_hash("native-code", code)
 
 
+class SessionOpener(Protocol):
+    """What a finished login needs of the broker: the provider's entry, its mapping, and
+    opening or ending a session."""
+
+    def provider_config(self, name: str) -> ProviderBase: ...
+
+    def map_user(self, provider: str, principal: Principal) -> MappedUser: ...
+
+    def open_browser_session(
+        self,
+        provider_cfg: ProviderBase,
+        principal: Principal,
+        *,
+        refresh_token: str | None = None,
+        end_session_url: str | None = None,
+    ) -> tuple[str, SessionRecord]: ...
+
+    def start_session(
+        self,
+        provider_cfg: ProviderBase,
+        principal: Principal,
+        *,
+        origin: str,
+        user: MappedUser | None = None,
+        refresh_token: str | None = None,
+        end_session_url: str | None = None,
+    ) -> Grant: ...
+
+    def end_session(self, session_token: str | None) -> SessionRecord: ...
+
+
 class BrowserLogins:
     """The browser sign-in use cases: begin, complete (OIDC callback or SAML ACS), and the
     native app's exchange."""
 
     def __init__(
         self,
-        broker: Broker,
+        sessions: SessionOpener,
+        *,
+        service: ServiceConfig,
+        store: Store,
+        sealer: Sealer,
+        endpoints: Endpoints,
         providers: Mapping[str, RedirectProvider],
         saml_providers: Mapping[str, SamlProvider] | None = None,
+        clock: Callable[[], float],
     ) -> None:
-        self._broker = broker
+        self._sessions = sessions
         self._providers = providers
         self._saml_providers: Mapping[str, SamlProvider] = saml_providers or {}
-        self.transactions = LoginTransactions(broker.store, broker.sealer)
-        self.native_codes = NativeCodes(broker.store, broker.sealer)
-        service = broker.config.service
+        self.transactions = LoginTransactions(store, sealer)
+        self.native_codes = NativeCodes(store, sealer)
         self._service = service
-        self._callback_base = f"{service.public_url}/v1/callback/"
+        self._endpoints = endpoints
+        self._clock = clock
 
     def redirect_uri(self, provider: str) -> str:
-        """The callback URL registered at the provider: ``{public_url}/v1/callback/{name}``."""
-        return self._callback_base + provider
+        """The callback URL registered at the provider."""
+        return self._endpoints.callback_url(provider)
 
     def return_to(self, requested: str | None) -> str | None:
         """``requested`` when ``service.allowed_return_to`` allows it, else the default."""
@@ -319,12 +345,12 @@ class BrowserLogins:
                     "code_challenge must be an S256 challenge (43 base64url characters) "
                     "and code_challenge_method S256"
                 )
-            self._broker.provider_config(provider)
+            self._sessions.provider_config(provider)
             transaction = LoginTransaction(
                 provider=provider,
                 return_to=destination,
                 binding=self.transactions.binding(pre_login),
-                created_at=self._broker.clock(),
+                created_at=self._clock(),
                 native_challenge=code_challenge if native else None,
             )
             saml = self._saml_providers.get(provider)
@@ -340,7 +366,7 @@ class BrowserLogins:
         code_verifier = secrets.token_urlsafe(48)
         nonce = secrets.token_urlsafe(32)
         state = self.transactions.begin(
-            replace(transaction, nonce=nonce, code_verifier=code_verifier)
+            transaction.model_copy(update={"nonce": nonce, "code_verifier": code_verifier})
         )
         return provider.authorization_url(
             redirect_uri=self.redirect_uri(transaction.provider),
@@ -354,7 +380,9 @@ class BrowserLogins:
         # once the request is built, so the state comes first.
         state = self.transactions.new_state()
         url, request_id = provider.authorization_request(state)
-        self.transactions.begin(replace(transaction, saml_request_id=request_id), state=state)
+        self.transactions.begin(
+            transaction.model_copy(update={"saml_request_id": request_id}), state=state
+        )
         return url
 
     def complete(
@@ -439,7 +467,7 @@ class BrowserLogins:
 
     def saml_provider(self, name: str) -> SamlProvider:
         """The SAML provider ``name``; ``UnknownProvider`` when there is none of that kind."""
-        self._broker.provider_config(name)
+        self._sessions.provider_config(name)
         found = self._saml_providers.get(name)
         if found is None:
             raise errors.UnknownProvider(f"no SAML provider named {name!r}")
@@ -476,7 +504,7 @@ class BrowserLogins:
             state,
             provider=provider,
             binding=self.transactions.binding(pre_login) if pre_login else "",
-            now=self._broker.clock(),
+            now=self._clock(),
         )
 
     def _signed_in(
@@ -490,23 +518,23 @@ class BrowserLogins:
     ) -> LoginStep:
         """The end of every successful login: a one-time code for a native app, else a new
         browser session that replaces ``previous_session``."""
-        provider_cfg = self._broker.provider_config(provider)
+        provider_cfg = self._sessions.provider_config(provider)
         if native_challenge is not None:
             # Mapped now so that a refused identity goes back as an error, not a code.
-            self._broker.mappers[provider].map(login.principal)
+            self._sessions.map_user(provider, login.principal)
             code = self.native_codes.issue(
                 NativeHandoff(
                     provider=provider,
                     principal=login.principal,
                     code_challenge=native_challenge,
-                    created_at=self._broker.clock(),
+                    created_at=self._clock(),
                     refresh_token=login.refresh_token,
                     end_session_url=login.end_session_url,
                 )
             )
             log.info("native login finished", extra={"fields": {"provider": provider}})
             return LoginStep(redirect_to=with_query(return_to, code=code))
-        token, record = self._broker.open_browser_session(
+        token, record = self._sessions.open_browser_session(
             provider_cfg,
             login.principal,
             refresh_token=login.refresh_token,
@@ -514,7 +542,7 @@ class BrowserLogins:
         )
         if previous_session:
             with contextlib.suppress(errors.Unauthenticated):
-                self._broker.end_session(previous_session)
+                self._sessions.end_session(previous_session)
         return LoginStep(
             redirect_to=return_to,
             session_token=token,
@@ -524,11 +552,9 @@ class BrowserLogins:
     def redeem_native_code(self, provider: str, code: str, code_verifier: str) -> Grant:
         """``POST /v1/token`` with ``code`` and ``code_verifier``: vend and start the app's
         bearer session."""
-        provider_cfg = self._broker.provider_config(provider)
-        handoff = self.native_codes.redeem(
-            provider, code, code_verifier, now=self._broker.clock()
-        )
-        return self._broker.start_session(
+        provider_cfg = self._sessions.provider_config(provider)
+        handoff = self.native_codes.redeem(provider, code, code_verifier, now=self._clock())
+        return self._sessions.start_session(
             provider_cfg,
             handoff.principal,
             origin="native",
@@ -537,7 +563,7 @@ class BrowserLogins:
         )
 
     def _provider(self, name: str) -> RedirectProvider:
-        self._broker.provider_config(name)
+        self._sessions.provider_config(name)
         found = self._providers.get(name)
         if found is None:
             raise errors.InvalidRequest(f"provider {name!r} has no browser sign-in")
@@ -551,7 +577,12 @@ class BrowserLogins:
         log.info(
             "browser sign-in failed: %s",
             error.detail,
-            extra={"fields": {"provider": provider, "code": error.code,
-                              "reason": error.log_detail or error.detail}},
+            extra={
+                "fields": {
+                    "provider": provider,
+                    "code": error.code,
+                    "reason": error.log_detail or error.detail,
+                }
+            },
         )
         return LoginStep(redirect_to=with_query(return_to, error=error.code), error=error.code)

@@ -9,40 +9,28 @@ cleaned and shortened.
 
 from __future__ import annotations
 
-import re
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
+from identity.config.models import ProviderBase
 from identity.errors import AccessDenied, ConfigError, InternalError, UnmappableIdentity
+from identity.limits import (
+    DISPLAY_NAME_MAX_LENGTH,
+    MAX_TAGS,
+    TAG_KEY_MAX_LENGTH,
+    TAG_VALUE_MAX_LENGTH,
+    USER_ID_CHARS,
+    USER_ID_MAX_LENGTH,
+    USER_ID_PATTERN,
+    aws_length,
+    first_bad_tag_char,
+)
 from identity.models import MappedUser, Principal
 from identity.templates import Template, is_claim_path, lookup
 
-if TYPE_CHECKING:
-    from identity.config import BrokerConfig, ProviderBase
-
-# Chime's AppInstanceUserId rule, used with fullmatch: 1..64 characters.
-USER_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9:\-_.@]{0,62}[A-Za-z0-9])?")
-USER_ID_MAX_LENGTH: Final = 64
-
-# STS's (and Cognito's PrincipalTags') rules.  Python's ``re`` has no \p classes, so these
-# are documentation; ``is_tag_text`` implements them character by character.
-TAG_VALUE_PATTERN: Final = r"[\p{L}\p{Z}\p{N}_.:/=+\-@]*"
-TAG_KEY_PATTERN: Final = r"[\p{L}\p{Z}\p{N}_.:/=+\-@]+"
-TAG_VALUE_MAX_LENGTH: Final = 256
-TAG_KEY_MAX_LENGTH: Final = 128
-MAX_TAGS: Final = 50
-
-DISPLAY_NAME_MAX_LENGTH: Final = 100
-
-_TAG_PUNCTUATION: Final = frozenset("_.:/=+-@")
-# The ASCII subset of the tag rule: most values never need the per-character check.
-_ASCII_TAG_TEXT: Final = re.compile(r"[A-Za-z0-9 _.:/=+\-@]*")
-_USER_ID_CHARS: Final = frozenset(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:-_.@"
-)
 _SHOWN_MAX: Final = 40
 # Bidirectional embeddings, overrides and isolates: they let a name display as another.
 _BIDI_CONTROLS: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -64,13 +52,6 @@ def _describe_char(ch: str) -> str:
     return f"U+{ord(ch):04X}"
 
 
-def _utf16_length(value: str) -> int:
-    """Length as AWS's validators count it: UTF-16 code units, the stricter count."""
-    if value.isascii():
-        return len(value)
-    return len(value) + sum(1 for ch in value if ch > "\uffff")
-
-
 def validate_user_id(value: str) -> str:
     """Return ``value`` if it is a valid Chime AppInstanceUserId; else raise.
 
@@ -81,12 +62,12 @@ def validate_user_id(value: str) -> str:
         return value
     if not value:
         raise UnmappableIdentity("user id is empty")
-    if len(value) > USER_ID_MAX_LENGTH:
+    if aws_length(value) > USER_ID_MAX_LENGTH:
         raise UnmappableIdentity(
             f"user id {_shown(value)} is {len(value)} characters; "
             f"Chime allows at most {USER_ID_MAX_LENGTH}"
         )
-    bad = next((ch for ch in value if ch not in _USER_ID_CHARS), None)
+    bad = next((ch for ch in value if ch not in USER_ID_CHARS), None)
     if bad is not None:
         raise UnmappableIdentity(
             f"user id {_shown(value)} contains {_describe_char(bad)}; Chime allows only "
@@ -105,29 +86,14 @@ def app_instance_user_arn(app_instance_arn: str, user_id: str) -> str:
     return f"{app_instance_arn}/user/{validate_user_id(user_id)}"
 
 
-def _first_bad_tag_char(value: str) -> str | None:
-    """The first character outside STS's ``[\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]``, if any."""
-    if _ASCII_TAG_TEXT.fullmatch(value):
-        return None
-    for ch in value:
-        if ch not in _TAG_PUNCTUATION and unicodedata.category(ch)[0] not in "LZN":
-            return ch
-    return None
-
-
-def is_tag_text(value: str) -> bool:
-    """Whether every character of ``value`` is allowed in an STS tag key or value."""
-    return _first_bad_tag_char(value) is None
-
-
 def _check_tag_key(key: str) -> None:
     if not key:
         raise UnmappableIdentity("tag key is empty")
-    if _utf16_length(key) > TAG_KEY_MAX_LENGTH:
+    if aws_length(key) > TAG_KEY_MAX_LENGTH:
         raise UnmappableIdentity(
             f"tag key {_shown(key)} is longer than {TAG_KEY_MAX_LENGTH} characters"
         )
-    bad = _first_bad_tag_char(key)
+    bad = first_bad_tag_char(key)
     if bad is not None:
         raise UnmappableIdentity(
             f"tag key {_shown(key)} contains {_describe_char(bad)}, which STS does not allow"
@@ -137,12 +103,12 @@ def _check_tag_key(key: str) -> None:
 
 
 def _check_tag_value(key: str, value: str) -> None:
-    if _utf16_length(value) > TAG_VALUE_MAX_LENGTH:
+    if aws_length(value) > TAG_VALUE_MAX_LENGTH:
         raise UnmappableIdentity(
             f"tag {_shown(key)}: value {_shown(value)} is longer than "
             f"{TAG_VALUE_MAX_LENGTH} characters"
         )
-    bad = _first_bad_tag_char(value)
+    bad = first_bad_tag_char(value)
     if bad is not None:
         raise UnmappableIdentity(
             f"tag {_shown(key)}: value {_shown(value)} contains {_describe_char(bad)}, "
@@ -189,10 +155,10 @@ def clean_display_name(value: str) -> str:
         elif category != "Cs" and ch not in _BIDI_CONTROLS:
             chars.append(ch)
     cleaned = " ".join("".join(chars).split())
-    if _utf16_length(cleaned) <= DISPLAY_NAME_MAX_LENGTH:
+    if aws_length(cleaned) <= DISPLAY_NAME_MAX_LENGTH:
         return cleaned
     cut = cleaned[:DISPLAY_NAME_MAX_LENGTH]
-    while _utf16_length(cut) > DISPLAY_NAME_MAX_LENGTH:
+    while aws_length(cut) > DISPLAY_NAME_MAX_LENGTH:
         cut = cut[:-1]
     return cut.rstrip()
 
@@ -454,19 +420,19 @@ class ClaimMapper:
         return clean_display_name(rendered) or user_id
 
 
-def build_mappers(config: BrokerConfig) -> dict[str, ClaimMapper]:
+def build_mappers(providers: Sequence[ProviderBase], *, user_tag: str) -> dict[str, ClaimMapper]:
     """One ``ClaimMapper`` per configured provider, keyed by provider name.
 
     Raises ``ConfigError`` listing every provider whose rules or tag keys are unusable.
     """
-    namespaces = namespaces_of(config.providers)
+    namespaces = namespaces_of(providers)
     mappers: dict[str, ClaimMapper] = {}
     problems: list[str] = []
-    for index, provider in enumerate(config.providers):
+    for index, provider in enumerate(providers):
         try:
             mappers[provider.name] = ClaimMapper.from_provider(
                 provider,
-                user_tag=config.chime.user_tag,
+                user_tag=user_tag,
                 namespaces=namespaces,
                 path=f"providers[{index}].",
             )

@@ -43,3 +43,18 @@ class VendedCredentials:
     session_token: str = field(repr=False)
     expiration: datetime
     identity_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a successful exchange hands the client."""
+
+    provider: str
+    user: MappedUser
+    credentials: VendedCredentials
+    app_instance_arn: str
+    app_instance_user_arn: str
+    region: str
+    session_token: str | None = None
+    session_expires_at: datetime | None = None
+    messaging_session_endpoint: str | None = None

@@ -7,13 +7,14 @@ is sealed with AES-GCM bound to that key, so the store holds nothing a reader co
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Final, Literal
 
+from pydantic import Field, TypeAdapter
+
+from identity.records import StoredRecord, read_record
 from identity.sealing import Sealer, token_hash
 from identity.store import Store
 
@@ -21,10 +22,10 @@ TOKEN_PREFIX = "cbs_"  # noqa: S105 (a marker for secret scanners, not a secret)
 _KEY_PREFIX = "session:"
 
 
-@dataclass(frozen=True)
-class SessionRecord:
+class SessionRecord(StoredRecord):
     """One broker session."""
 
+    v: Literal[1] = 1
     provider: str
     user_id: str
     display_name: str
@@ -34,16 +35,19 @@ class SessionRecord:
     created_at: float
     expires_at: float
     origin: str = "token"  # token | browser | guest
-    claims: Mapping[str, Any] = field(default_factory=dict)
+    claims: Mapping[str, Any] = Field(default_factory=dict)
     login_key: str | None = None
-    login_token: str | None = field(default=None, repr=False)
+    login_token: str | None = Field(default=None, repr=False)
     login_token_expires_at: float | None = None
-    refresh_token: str | None = field(default=None, repr=False)
+    refresh_token: str | None = Field(default=None, repr=False)
     rechecked_at: float | None = None
     end_session_url: str | None = None
 
     def remaining(self, now: float) -> float:
         return self.expires_at - now
+
+
+_SESSION: Final = TypeAdapter(SessionRecord)
 
 
 class SessionManager:
@@ -63,18 +67,16 @@ class SessionManager:
         return token
 
     def find(self, token: str | None) -> SessionRecord | None:
-        """The live session for ``token``, or None (unknown, malformed, ended or expired)."""
+        """The live session for ``token``, or None (unknown, malformed, ended, expired, or
+        stored as a record this version does not read)."""
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 128:
             return None
         key = token_hash(token)
         sealed = self._store.get(_KEY_PREFIX + key)
         if sealed is None:
             return None
-        plain = self._sealer.open(sealed, context=_KEY_PREFIX + key)
-        if plain is None:
-            return None
-        record = SessionRecord(**json.loads(plain))
-        if record.expires_at <= self._clock():
+        record = read_record(_SESSION, self._sealer.open(sealed, context=_KEY_PREFIX + key))
+        if record is None or record.expires_at <= self._clock():
             return None
         return record
 
@@ -91,6 +93,5 @@ class SessionManager:
         ttl = record.expires_at - self._clock()
         if ttl <= 0:
             return
-        body = json.dumps(asdict(record), separators=(",", ":")).encode()
+        body = _SESSION.dump_json(record)
         self._store.set(_KEY_PREFIX + key, self._sealer.seal(body, context=_KEY_PREFIX + key), ttl)
-

@@ -38,6 +38,7 @@ __all__ = [
     "SqliteStore",
     "Store",
     "open_store",
+    "store_location_problem",
     "validate_store_url",
 ]
 
@@ -571,3 +572,25 @@ def open_store(url: str) -> Store:
     check, open_ = _backend(url)
     check(url)
     return open_(url)
+
+
+def store_location_problem(url: str) -> str | None:
+    """What would stop the store at ``url`` from opening, found without opening it or
+    connecting: a malformed URL, or a SQLite file whose directory is missing or not
+    writable. ``None`` when nothing is wrong that can be seen locally."""
+    try:
+        validate_store_url(url)
+    except ValueError as e:
+        return str(e)
+    if url.split("://", 1)[0].lower() != "sqlite":
+        return None
+    path = os.path.abspath(_sqlite_path(url))
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        return f"the directory of the SQLite file does not exist: {directory}"
+    if os.path.exists(path):
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"the SQLite file is not readable and writable: {path}"
+    elif not os.access(directory, os.W_OK | os.X_OK):
+        return f"the directory of the SQLite file is not writable: {directory}"
+    return None

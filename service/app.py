@@ -9,10 +9,12 @@ from collections.abc import Callable
 from flask import Flask
 
 from identity.aws import AwsClients
-from identity.broker import Broker
-from identity.config import BrokerConfig
-from identity.store import Store, open_store
+from identity.config.document import BrokerConfig
+from identity.store import Store
+from identity.wiring import build_services
 from service import errors, logs, metrics, security
+from service.blueprints import credentials, demo_page, health, login, saml, token
+from service.endpoints import Endpoints
 from service.logs import configure_logging
 from service.runtime import Runtime
 
@@ -67,23 +69,27 @@ def create_app(
     secret = config.service.secret_key
     app.secret_key = secret.get_secret_value() if secret is not None else None
 
-    from service.blueprints import credentials, demo_page, health, login, saml, token
-
+    endpoints = Endpoints(config.service.public_url)
+    services = build_services(
+        config,
+        endpoints,
+        store=store,
+        clients=clients,
+        clock=clock,
+        max_pool_connections=worker_concurrency(),
+    )
     security.init_app(app, config)
     request_metrics = metrics.init_app(app)
     logs.init_app(app)
     errors.init_app(app)
-    store = store if store is not None else open_store(config.store)
     app.extensions["chime_broker"] = Runtime(
         config=config,
-        store=store,
+        store=services.store,
         metrics=request_metrics,
-        broker=Broker(
-            config,
-            store,
-            clients=clients or AwsClients(config, max_pool_connections=worker_concurrency()),
-            clock=clock,
-        ),
+        broker=services.broker,
+        logins=services.logins,
+        providers=services.providers,
+        endpoints=endpoints,
     )
     app.register_blueprint(health.bp)
     app.register_blueprint(login.bp)

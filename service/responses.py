@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Response, jsonify
 
-from identity.broker import Grant
+from identity.models import Grant
 
 
 def rfc3339(moment: datetime) -> str:

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from flask import current_app
 
 from identity.broker import Broker
-from identity.config import BrokerConfig
+from identity.config.document import BrokerConfig
+from identity.logins import BrowserLogins
+from identity.providers.kinds import Providers
 from identity.store import Store
+from service.endpoints import Endpoints
 from service.metrics import RequestMetrics
 
 
@@ -18,6 +21,9 @@ class Runtime:
     store: Store
     metrics: RequestMetrics
     broker: Broker
+    logins: BrowserLogins
+    providers: Providers
+    endpoints: Endpoints
 
 
 def runtime() -> Runtime:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, current_app, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from identity.config import BrokerConfig
+from identity.config.document import BrokerConfig
 from identity.errors import OriginNotAllowed
 from service.logs import request_id_var
 

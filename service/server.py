@@ -36,10 +36,15 @@ class BrokerServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from identity.config import load_config
+        from identity.config.document import load_config
+        from identity.errors import ConfigError
         from service import create_app
+        from service.cli.config_file import exit_with_report
 
-        return create_app(load_config(self.config_path))
+        try:
+            return create_app(load_config(self.config_path))
+        except ConfigError as e:
+            exit_with_report(self.config_path, e)
 
 
 def serve(

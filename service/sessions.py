@@ -7,7 +7,7 @@ from __future__ import annotations
 from flask import g, request
 from werkzeug.wrappers import Response
 
-from identity.config import BrokerConfig
+from identity.config.document import BrokerConfig
 from identity.errors import Unauthenticated
 from service.runtime import runtime
 from service.security import require_allowed_origin

@@ -11,7 +11,9 @@ pytest_plugins = [
     "tests.fixtures.moto_server",
     "tests.fixtures.oidc_provider",
     "tests.fixtures.saml_idp",
+    "tests.fixtures.apps",
     "tests.fixtures.live_server",
+    "tests.fixtures.records",
     "tests.fakes",
 ]
 

@@ -1,4 +1,9 @@
-"""Local fakes of the token-inspection APIs the broker calls for access-token providers.
+"""Fakes for the parts of the world a test must control: the clock, and the
+token-inspection APIs the broker calls for access-token providers.
+
+``FakeClock`` stands in wherever the code takes a ``clock`` (wall or monotonic): it reads
+the wall clock once and then moves only when the test calls ``advance``; the ``clock``
+fixture gives each test one.
 
 ``FacebookApi`` answers ``GET /debug_token`` and ``GET /me`` like the Graph API;
 ``AmazonApi`` answers ``GET /auth/o2/tokeninfo`` and ``GET /user/profile`` like Login
@@ -26,6 +31,26 @@ FACEBOOK_APP_ID = "1234567890"
 FACEBOOK_APP_SECRET = "facebook-app-secret-for-tests"
 AMAZON_CLIENT_ID = "amzn1.application-oa2-client.0123456789abcdef"
 AMAZON_APP_ID = "amzn1.application.0123456789abcdef"
+
+
+class FakeClock:
+    """Seconds since the epoch, standing still until ``advance``. It starts at the wall
+    clock, so tokens that real parts (the local IdP, PyJWT) issue now are current."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock the test moves by hand; pass it where the code under test takes ``clock``."""
+    return FakeClock()
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,14 @@ errors when the provider itself cannot be asked.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
+from identity.config.models import AwsConfig, ProviderBase, ServiceConfig
+from identity.config.report import Path
 from identity.models import Principal
+from identity.store import Store
 
 
 @runtime_checkable
@@ -134,6 +137,9 @@ class SamlProvider(Protocol):
         """Whether unsolicited (IdP-initiated) responses may sign a user in."""
         ...
 
+    def warm_up(self) -> None:
+        """Load what sign-ins need from the IdP now (at start-up of a serving broker)."""
+
     def ready(self) -> bool:
         """Whether the IdP's metadata is held, so that sign-ins can start."""
         ...
@@ -157,3 +163,60 @@ class SamlProvider(Protocol):
     def metadata(self) -> str:
         """The SP metadata XML (entity id, ACS URL from ``service.public_url``)."""
         ...
+
+
+# -- building -----------------------------------------------------------------------------
+
+
+class ProviderProblem(ValueError):
+    """A provider entry that validates but cannot be built (an unusable key, an unreadable
+    metadata file); ``path`` is relative to the entry."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+class Endpoints(Protocol):
+    """The broker's own URLs that IdPs are told about, all below ``service.public_url``."""
+
+    def callback_url(self, provider: str) -> str: ...
+
+    def acs_url(self, provider: str) -> str: ...
+
+    def metadata_url(self, provider: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What building a provider may use besides its own entry. Building reads local files
+    and parses keys; it never contacts an IdP or AWS."""
+
+    aws: AwsConfig
+    service: ServiceConfig
+    demo: bool
+    store: Store
+    endpoints: Endpoints
+    clock: Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Built:
+    """The capabilities one provider entry has once built."""
+
+    token: TokenProvider | None = None
+    redirect: RedirectProvider | None = None
+    saml: SamlProvider | None = None
+    guests: Any = None
+
+
+_Entry = TypeVar("_Entry", bound=ProviderBase)
+
+
+@dataclass(frozen=True)
+class ProviderKind(Generic[_Entry]):
+    """One YAML ``kind``: its config model and how an entry of it is built."""
+
+    model: type[_Entry]
+    build: Callable[[_Entry, BuildContext], Built]

@@ -20,12 +20,17 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Literal
 
-from identity.config import BrokerConfig, GuestProvider
+from pydantic import Field, SecretStr
+
+from identity.config.models import Frozen, Problem, ProviderBase, ValidationContext
+from identity.config.report import Path
+from identity.config.types import MIN_SECRET_KEY_LENGTH, NonEmptyStr, SecureUrl
 from identity.errors import InvalidRequest, InvalidToken, RateLimited
 from identity.mapping import clean_display_name
 from identity.models import Principal
+from identity.providers.base import BuildContext, Built, ProviderKind
 from identity.store import Store
 from identity.tokens import JwksCache, JwtPolicy, SharedSecret, verify_jwt
 
@@ -34,8 +39,9 @@ __all__ = [
     "MAX_INVITE_LIFETIME",
     "OPEN_GUESTS_PER_MINUTE",
     "Admission",
+    "GuestConfig",
+    "InviteConfig",
     "MeetingGuests",
-    "build_guest_providers",
     "guest_display_name",
 ]
 
@@ -53,6 +59,82 @@ MAX_JTI_LENGTH: Final = 256
 _INVITE_CLAIMS: Final = ("iss", "aud", "exp", "iat", "jti")
 _REPLAY_PREFIX: Final = "guest-invite:"
 _RATE_PREFIX: Final = "guest-rate:"
+
+
+class InviteConfig(Frozen):
+    """Signed guest invites: a JWT from ``issuer`` for ``audience``, verified with the
+    keys at ``jwks_url`` or with ``shared_secret`` (HS256)."""
+
+    issuer: NonEmptyStr
+    audience: NonEmptyStr
+    jwks_url: SecureUrl | None = None
+    shared_secret: SecretStr | None = None
+
+
+class GuestConfig(ProviderBase):
+    """Meeting guests: no IdP; optionally a signed invite."""
+
+    default_user_id: ClassVar[str] = "guest-{random}"
+    nonce_capable: ClassVar[bool] = False
+    pool_can_verify: ClassVar[bool] = False
+    described_as: ClassVar[str] = "guest providers"
+
+    kind: Literal["guest"]
+    invite: InviteConfig | None = None
+    allow_open_guests: bool = False
+    credential_ttl: int = Field(1800, ge=900, le=43200)
+    user_expiration_days: int = Field(1, ge=1, le=5475)
+
+    def endpoint_urls(self) -> list[tuple[Path, str]]:
+        if self.invite is not None and self.invite.jwks_url is not None:
+            return [(("invite", "jwks_url"), self.invite.jwks_url)]
+        return []
+
+    def _random_problems(self) -> list[Problem]:
+        return []
+
+    def user_id_problems(self) -> list[Problem]:
+        if self.invite is None:
+            # Open guests have no verified claims: kind_problems asks for {random} instead.
+            return self.user_id_char_problems()
+        return super().user_id_problems()
+
+    def kind_problems(self, context: ValidationContext) -> list[Problem]:
+        problems: list[Problem] = []
+        invite = self.invite
+        if invite is not None:
+            if (invite.jwks_url is None) == (invite.shared_secret is None):
+                problems.append((("invite",), "needs exactly one of jwks_url or shared_secret"))
+            elif (
+                invite.shared_secret is not None
+                and len(invite.shared_secret.get_secret_value()) < MIN_SECRET_KEY_LENGTH
+            ):
+                problems.append(
+                    (
+                        ("invite", "shared_secret"),
+                        f"must be at least {MIN_SECRET_KEY_LENGTH} characters",
+                    )
+                )
+        elif context.mode == "production" and not self.allow_open_guests:
+            problems.append(
+                (("invite",), "required outside mode demo, unless allow_open_guests: true")
+            )
+        if invite is None and not self.user_id_template.uses_random:
+            problems.append(
+                (
+                    ("map", "user_id"),
+                    "guests without an invite have no verified claims: the user id must use "
+                    "'{random}'",
+                )
+            )
+        if self.exchange != "sts" and "credential_ttl" in self.model_fields_set:
+            problems.append(
+                (
+                    ("credential_ttl",),
+                    "applies to exchange: sts only (Cognito always issues one-hour credentials)",
+                )
+            )
+        return problems
 
 
 def _digest(*parts: str) -> str:
@@ -74,7 +156,7 @@ class MeetingGuests:
 
     def __init__(
         self,
-        provider: GuestProvider,
+        provider: GuestConfig,
         *,
         store: Store,
         open_guests: bool,
@@ -188,33 +270,30 @@ def guest_display_name(principal: Principal, requested: str | None, fallback: st
     return fallback
 
 
-def build_guest_providers(
-    config: BrokerConfig, store: Store, *, clock: Callable[[], float] = time.time
-) -> dict[str, MeetingGuests]:
-    """Every guest provider of ``config``, keyed by provider name; invite keys are built
-    here (a JWKS is fetched on the first invite, then cached)."""
-    built: dict[str, MeetingGuests] = {}
-    timeouts = config.aws.timeouts
-    for provider in config.providers:
-        if not isinstance(provider, GuestProvider):
-            continue
-        keys: JwksCache | SharedSecret | None = None
-        invite = provider.invite
-        if invite is not None and invite.shared_secret is not None:
-            keys = SharedSecret(invite.shared_secret.get_secret_value().encode("utf-8"))
-        elif invite is not None and invite.jwks_url is not None:
-            keys = JwksCache(
-                jwks_url=invite.jwks_url,
-                algorithms=INVITE_ALGORITHMS,
-                connect_timeout=timeouts.connect,
-                read_timeout=timeouts.read,
-            )
-        built[provider.name] = MeetingGuests(
-            provider,
-            store=store,
-            open_guests=provider.allow_open_guests or config.is_demo,
-            open_issuer=config.service.public_url,
-            keys=keys,
-            clock=clock,
+def build(entry: GuestConfig, context: BuildContext) -> Built:
+    """The guest provider; invite keys are built here (a JWKS is fetched on the first
+    invite, then cached)."""
+    timeouts = context.aws.timeouts
+    keys: JwksCache | SharedSecret | None = None
+    invite = entry.invite
+    if invite is not None and invite.shared_secret is not None:
+        keys = SharedSecret(invite.shared_secret.get_secret_value().encode("utf-8"))
+    elif invite is not None and invite.jwks_url is not None:
+        keys = JwksCache(
+            jwks_url=invite.jwks_url,
+            algorithms=INVITE_ALGORITHMS,
+            connect_timeout=timeouts.connect,
+            read_timeout=timeouts.read,
         )
-    return built
+    guests = MeetingGuests(
+        entry,
+        store=context.store,
+        open_guests=entry.allow_open_guests or context.demo,
+        open_issuer=context.service.public_url,
+        keys=keys,
+        clock=context.clock,
+    )
+    return Built(guests=guests)
+
+
+KIND = ProviderKind(model=GuestConfig, build=build)

@@ -1,150 +1,86 @@
-"""Generic OpenID Connect: id tokens verified locally against the issuer's keys.
+"""``kind: oidc``: any OpenID Connect provider, by its issuer.
 
-``IdTokenProvider`` is the one id-token verifier every JWT-issuing kind uses (``oidc``
-here; ``google``, ``apple`` and ``cognito_user_pool`` in ``social.py`` configure it
-differently): its keys come from a ``JwksCache`` built once, and every token goes
-through ``identity.tokens.verify_jwt`` with a policy fixed at start-up.
+Mobile id tokens are verified locally against the keys of the issuer's discovery document
+(fetched on the first token). The browser login is the authorization code flow with the
+endpoints of the same discovery document.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from identity.config import BrokerConfig, OidcProvider
-from identity.errors import InvalidToken
-from identity.models import Principal
-from identity.tokens import JwksCache, JwtPolicy, verify_jwt
+from pydantic import Field, SecretStr, model_validator
 
-ClaimsHook = Callable[[dict[str, Any]], dict[str, Any]]
+from identity.config.models import ProviderBase
+from identity.config.report import Path
+from identity.config.types import NonEmptyStr, Scopes, SecureUrl
+from identity.providers.base import BuildContext, Built, ProviderKind
+from identity.providers.code_flow import (
+    CodeFlowProvider,
+    OidcDiscovery,
+    id_token_verifier,
+    static_secret,
+)
+from identity.providers.id_token import IdTokenProvider, login_key_for_issuer
+from identity.tokens import JwksCache
 
-
-def login_key_for_issuer(issuer: str) -> str:
-    """The Cognito ``Logins`` key of a generic OIDC provider: its issuer without the
-    scheme (``https://``, or ``http://`` for loopback issuers in tests) or trailing ``/``.
-    """
-    for scheme in ("https://", "http://"):
-        if issuer.startswith(scheme):
-            issuer = issuer[len(scheme) :]
-            break
-    return issuer.rstrip("/")
+ALGORITHMS = ("RS256",)
 
 
-class IdTokenProvider:
-    """A ``TokenProvider`` that takes id tokens only.
+class OidcConfig(ProviderBase):
+    """Any OpenID Connect provider, by its issuer (discovery)."""
 
-    ``issuers`` lists every accepted ``iss`` spelling; the principal records the one the
-    token carries. ``claims_hook`` may normalise or refuse (raising
-    ``InvalidToken``) the verified claims before they become the principal's.
-    """
+    kind: Literal["oidc"]
+    issuer: SecureUrl
+    client_id: NonEmptyStr
+    client_secret: SecretStr | None = None
+    scopes: Scopes = ("openid",)
+    audiences: tuple[NonEmptyStr, ...] = Field(default=(), min_length=1)
 
-    accepts_id_token = True
-    accepts_access_token = False
+    @model_validator(mode="before")
+    @classmethod
+    def _audiences_default_to_client_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "audiences" not in data and "client_id" in data:
+            return {**data, "audiences": [data["client_id"]]}
+        return data
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        kind: str,
-        issuers: tuple[str, ...],
-        audiences: tuple[str, ...],
-        keys: JwksCache,
-        login_key: str,
-        leeway: int = 60,
-        require_nonce: bool = False,
-        algorithms: tuple[str, ...] = ("RS256",),
-        allowed_token_use: str | None = None,
-        claims_hook: ClaimsHook | None = None,
-        clock: Callable[[], float] | None = None,
-    ) -> None:
-        self._name = name
-        self._kind = kind
-        self.login_key = login_key
-        self.keys = keys
-        self.policy = JwtPolicy(
-            issuers=issuers,
-            audiences=audiences,
-            algorithms=algorithms,
-            leeway=leeway,
-            require_nonce=require_nonce,
-            allowed_token_use=allowed_token_use,
-        )
-        self._claims_hook = claims_hook
-        self._clock = clock
-
-    def __repr__(self) -> str:
-        return f"IdTokenProvider(name={self._name!r}, kind={self._kind!r})"
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def kind(self) -> str:
-        return self._kind
-
-    def verify_id_token(self, id_token: str, *, nonce: str | None) -> Principal:
-        """Verify ``id_token`` with this provider's policy and return its principal."""
-        now = self._clock() if self._clock is not None else None
-        claims = verify_jwt(id_token, policy=self.policy, keys=self.keys, nonce=nonce, now=now)
-        if self._claims_hook is not None:
-            claims = self._claims_hook(claims)
-        subject = claims["sub"]
-        if not isinstance(subject, str) or not subject:
-            raise InvalidToken("malformed claim 'sub'", log_detail="sub is not a non-empty string")
-        return Principal(
-            provider=self._name,
-            issuer=claims["iss"],
-            subject=subject,
-            claims=claims,
-            login_key=self.login_key,
-            login_token=id_token,
-            token_expires_at=datetime.fromtimestamp(claims["exp"], UTC),
-        )
-
-    def for_browser(self, client_id: str) -> IdTokenProvider:
-        """The same verifier (keys, issuers, algorithms, claim checks) for the browser
-        login of ``client_id``: ``aud`` must be that client, and the nonce is the login
-        transaction's, always passed in, so ``require_nonce`` does not apply."""
-        narrowed = IdTokenProvider(
-            name=self._name,
-            kind=self._kind,
-            issuers=self.policy.issuers,
-            audiences=(client_id,),
-            keys=self.keys,
-            login_key=self.login_key,
-            claims_hook=self._claims_hook,
-            clock=self._clock,
-        )
-        narrowed.policy = replace(self.policy, audiences=(client_id,), require_nonce=False)
-        return narrowed
-
-    def verify_access_token(self, access_token: str) -> Principal:
-        """Refused: this provider's mobile clients present id tokens."""
-        raise InvalidToken(f"provider {self._name!r} takes an id_token, not an access_token")
+    def endpoint_urls(self) -> list[tuple[Path, str]]:
+        return self.urls("issuer")
 
 
-def build_oidc(provider: OidcProvider, config: BrokerConfig) -> IdTokenProvider:
-    """A generic OIDC provider: keys from the issuer's discovery document (fetched once,
-    on the first token), RS256 only, ``aud`` one of ``audiences`` (default: the client id).
-    """
-    algorithms = ("RS256",)
-    timeouts = config.aws.timeouts
-    return IdTokenProvider(
-        name=provider.name,
-        kind="oidc",
-        issuers=(provider.issuer,),
-        audiences=provider.audiences or (provider.client_id,),
+def build(entry: OidcConfig, context: BuildContext) -> Built:
+    """The id-token verifier (``aud`` one of ``audiences``) and the code flow."""
+    timeouts = context.aws.timeouts
+    token = IdTokenProvider(
+        name=entry.name,
+        kind=entry.kind,
+        issuers=(entry.issuer,),
+        audiences=entry.audiences,
         keys=JwksCache(
-            issuer=provider.issuer,
-            algorithms=algorithms,
+            issuer=entry.issuer,
+            algorithms=ALGORITHMS,
             connect_timeout=timeouts.connect,
             read_timeout=timeouts.read,
         ),
-        login_key=login_key_for_issuer(provider.issuer),
-        leeway=provider.leeway,
-        require_nonce=provider.require_nonce,
-        algorithms=algorithms,
+        login_key=login_key_for_issuer(entry.issuer),
+        leeway=entry.leeway,
+        require_nonce=entry.require_nonce,
+        algorithms=ALGORITHMS,
     )
+    redirect = CodeFlowProvider(
+        name=entry.name,
+        kind=entry.kind,
+        client_id=entry.client_id,
+        client_secret=static_secret(entry.client_secret),
+        scopes=entry.scopes,
+        server=OidcDiscovery(
+            entry.issuer, connect_timeout=timeouts.connect, read_timeout=timeouts.read
+        ),
+        verification=id_token_verifier(token, entry.client_id),
+        connect_timeout=timeouts.connect,
+        read_timeout=timeouts.read,
+    )
+    return Built(token=token, redirect=redirect)
+
+
+KIND = ProviderKind(model=OidcConfig, build=build)

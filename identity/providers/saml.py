@@ -37,7 +37,7 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
 import requests
@@ -52,18 +52,20 @@ from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
 from onelogin.saml2.xml_utils import OneLogin_Saml2_XML
+from pydantic import SecretStr
 
-from identity.config import BrokerConfig
-from identity.config import SamlProvider as SamlProviderConfig
+from identity.config.models import Problem, ProviderBase, ValidationContext
+from identity.config.report import Path
+from identity.config.types import NonEmptyStr, SecureUrl
 from identity.errors import (
     AccessDenied,
     BrokerError,
-    ConfigError,
     InternalError,
     InvalidToken,
     PayloadTooLarge,
 )
 from identity.models import Principal
+from identity.providers.base import BuildContext, Built, ProviderKind, ProviderProblem
 from identity.providers.saml_metadata import (
     FileMetadataSource,
     IdpMetadata,
@@ -154,34 +156,22 @@ _SAFE_REASONS: Final[Mapping[int, str]] = {
 }
 
 
-def acs_path(name: str) -> str:
-    """The ACS path of provider ``name``, below ``service.public_url``."""
-    return f"/v1/saml/{name}/acs"
-
-
-def metadata_path(name: str) -> str:
-    """The SP metadata path of provider ``name``, below ``service.public_url``."""
-    return f"/v1/saml/{name}/metadata"
-
-
 def prepare_request(
-    public_url: str,
-    path: str,
+    url: str,
     post_data: Mapping[str, str],
     get_data: Mapping[str, str],
 ) -> dict[str, Any]:
     """The request as python3-saml wants it (``https``, ``http_host``, ``script_name``,
-    ``get_data``, ``post_data``), with scheme, host and port taken from
-    ``service.public_url`` and never from the request, so it holds behind any proxy.
-
-    ``path`` is the route below the public URL (``acs_path(name)``). The port stays in
-    ``http_host``; the deprecated ``server_port`` key is not used.
+    ``get_data``, ``post_data``), with scheme, host, port and path taken from ``url``, the
+    endpoint's URL below ``service.public_url``, and never from the request, so it holds
+    behind any proxy. The port stays in ``http_host``; the deprecated ``server_port`` key
+    is not used.
     """
-    parts = urlsplit(public_url)
+    parts = urlsplit(url)
     return {
         "https": "on" if parts.scheme == "https" else "off",
         "http_host": parts.netloc,
-        "script_name": parts.path.rstrip("/") + path,
+        "script_name": parts.path,
         "get_data": dict(get_data),
         "post_data": dict(post_data),
     }
@@ -220,20 +210,11 @@ class _IdpContext:
     settings: OneLogin_Saml2_Settings
 
 
-class SamlConfigProblem(ValueError):
-    """A problem with one key of a ``kind: saml`` entry."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
-
-
 class SamlServiceProvider:
     """A SAML 2.0 SP for one IdP. Built once at start-up; safe for concurrent use.
 
     ``metadata_cache`` holds the IdP's metadata (see ``MetadataCache``). Raises
-    ``SamlConfigProblem`` for an unusable SP key or certificate.
+    ``ProviderProblem`` for an unusable SP key or certificate.
     """
 
     kind: Final = "saml"
@@ -242,7 +223,8 @@ class SamlServiceProvider:
         self,
         *,
         name: str,
-        public_url: str,
+        acs_url: str,
+        metadata_url: str,
         sp_entity_id: str,
         metadata_source: MetadataSource,
         store: Store,
@@ -255,14 +237,13 @@ class SamlServiceProvider:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if (sp_key is None) != (sp_cert is None):
-            raise SamlConfigProblem("sp_key", "sp_key and sp_cert go together")
+            raise ProviderProblem(("sp_key",), "sp_key and sp_cert go together")
         if sp_key is not None and sp_cert is not None:
             _check_key_pair(sp_key, sp_cert)
         self._name = name
-        self._public_url = public_url.rstrip("/")
         self.entity_id = sp_entity_id
-        self.acs_url = self._public_url + acs_path(name)
-        self.metadata_url = self._public_url + metadata_path(name)
+        self.acs_url = acs_url
+        self.metadata_url = metadata_url
         self.allow_idp_initiated = allow_idp_initiated
         self._store = store
         self._leeway = leeway
@@ -275,7 +256,7 @@ class SamlServiceProvider:
         try:
             self.metadata()
         except InternalError as e:
-            raise SamlConfigProblem("sp_entity_id", e.log_detail or e.detail) from None
+            raise ProviderProblem(("sp_entity_id",), e.log_detail or e.detail) from None
         self.metadata_cache: MetadataCache[_IdpContext] = MetadataCache(
             metadata_source,
             self._idp_context,
@@ -295,6 +276,12 @@ class SamlServiceProvider:
     def ready(self) -> bool:
         """Whether the IdP's metadata is loaded (sign-ins can start)."""
         return self.metadata_cache.loaded
+
+    def warm_up(self) -> None:
+        """Load the IdP's metadata now if it is not held yet (a metadata URL is fetched
+        here, at start-up of a serving broker; a failure is logged and retried)."""
+        if not self.metadata_cache.loaded:
+            self.metadata_cache.refresh()
 
     # ------------------------------------------------------------------ login
 
@@ -499,7 +486,7 @@ class SamlServiceProvider:
     # ------------------------------------------------------------------ settings
 
     def _request_data(self, post_data: Mapping[str, str]) -> dict[str, Any]:
-        return prepare_request(self._public_url, acs_path(self._name), post_data, {})
+        return prepare_request(self.acs_url, post_data, {})
 
     def _idp_context(self, document: bytes) -> _IdpContext:
         metadata = parse_idp_metadata(document)
@@ -561,7 +548,7 @@ class SamlServiceProvider:
             return OneLogin_Saml2_Settings(settings, sp_validation_only=idp is None)
         except OneLogin_Saml2_Error as e:
             if idp is None:
-                raise SamlConfigProblem("sp_entity_id", f"python3-saml refuses it: {e}") from None
+                raise ProviderProblem(("sp_entity_id",), f"python3-saml refuses it: {e}") from None
             raise ValueError(f"python3-saml refuses the IdP metadata: {e}") from None
 
 
@@ -696,78 +683,101 @@ def _check_key_pair(key_pem: str, cert_pem: str) -> None:
     try:
         key = serialization.load_pem_private_key(key_pem.encode("utf-8"), password=None)
     except (ValueError, TypeError):
-        raise SamlConfigProblem("sp_key", "not an unencrypted PEM private key") from None
+        raise ProviderProblem(("sp_key",), "not an unencrypted PEM private key") from None
     try:
         cert = x509.load_pem_x509_certificate(cert_pem.encode("utf-8"))
     except ValueError:
-        raise SamlConfigProblem("sp_cert", "not a PEM X.509 certificate") from None
+        raise ProviderProblem(("sp_cert",), "not a PEM X.509 certificate") from None
     if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
-        raise SamlConfigProblem("sp_key", "must be an RSA key of at least 2048 bits")
+        raise ProviderProblem(("sp_key",), "must be an RSA key of at least 2048 bits")
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER
     if cert.public_key().public_bytes(der, spki) != key.public_key().public_bytes(der, spki):
-        raise SamlConfigProblem("sp_cert", "does not belong to sp_key")
+        raise ProviderProblem(("sp_cert",), "does not belong to sp_key")
 
 
-# ---------------------------------------------------------------------- building
+# ---------------------------------------------------------------------- config, building
+
+
+class SamlConfig(ProviderBase):
+    """A SAML 2.0 IdP, by its metadata (file or URL)."""
+
+    default_user_id: ClassVar[str] = "{name_id}"
+    nonce_capable: ClassVar[bool] = False
+    pool_can_verify: ClassVar[bool] = False
+    described_as: ClassVar[str] = "SAML providers"
+
+    kind: Literal["saml"]
+    idp_metadata_file: NonEmptyStr | None = None
+    idp_metadata_url: SecureUrl | None = None
+    sp_entity_id: NonEmptyStr
+    sp_key: SecretStr | None = None
+    sp_cert: NonEmptyStr | None = None
+    allow_idp_initiated: bool = False
+
+    def endpoint_urls(self) -> list[tuple[Path, str]]:
+        return self.urls("idp_metadata_url")
+
+    def kind_problems(self, context: ValidationContext) -> list[Problem]:
+        problems: list[Problem] = []
+        if self.idp_metadata_file is None and self.idp_metadata_url is None:
+            problems.append((("idp_metadata_file",), "required (or idp_metadata_url)"))
+        elif self.idp_metadata_file is not None and self.idp_metadata_url is not None:
+            problems.append(
+                (("idp_metadata_url",), "set idp_metadata_file or idp_metadata_url, not both")
+            )
+        if (self.sp_key is None) != (self.sp_cert is None):
+            missing = "sp_cert" if self.sp_cert is None else "sp_key"
+            problems.append(((missing,), "sp_key and sp_cert go together"))
+        return problems
 
 
 def build_saml(
-    provider: SamlProviderConfig,
-    config: BrokerConfig,
+    entry: SamlConfig,
+    context: BuildContext,
     *,
-    store: Store,
     session: requests.Session | None = None,
 ) -> SamlServiceProvider:
     """The SP for one ``kind: saml`` entry, with the IdP metadata loaded now.
 
-    A metadata file that cannot be read or used raises ``SamlConfigProblem``; a metadata
-    URL that fails is logged and retried (``finish`` and ``authorization_request`` raise
-    ``UpstreamUnavailable`` until a good copy arrives).
+    A metadata file that cannot be read or used raises ``ProviderProblem``; a metadata
+    URL is not fetched here: the first sign-in fetches it, and a failure is logged and
+    retried (``finish`` and ``authorization_request`` raise ``UpstreamUnavailable`` until
+    a good copy arrives).
     """
     source: MetadataSource
-    if provider.idp_metadata_file is not None:
-        source = FileMetadataSource(provider.idp_metadata_file)
-    elif provider.idp_metadata_url is not None:
-        timeouts = config.aws.timeouts
+    if entry.idp_metadata_file is not None:
+        source = FileMetadataSource(entry.idp_metadata_file)
+    elif entry.idp_metadata_url is not None:
+        timeouts = context.aws.timeouts
         source = UrlMetadataSource(
-            provider.idp_metadata_url,
+            entry.idp_metadata_url,
             session=session,
             connect_timeout=timeouts.connect,
             read_timeout=timeouts.read,
         )
     else:
-        raise SamlConfigProblem("idp_metadata_file", "required (or idp_metadata_url)")
+        raise ProviderProblem(("idp_metadata_file",), "required (or idp_metadata_url)")
     sp = SamlServiceProvider(
-        name=provider.name,
-        public_url=config.service.public_url,
-        sp_entity_id=provider.sp_entity_id,
+        name=entry.name,
+        acs_url=context.endpoints.acs_url(entry.name),
+        metadata_url=context.endpoints.metadata_url(entry.name),
+        sp_entity_id=entry.sp_entity_id,
         metadata_source=source,
-        store=store,
-        leeway=provider.leeway,
-        allow_idp_initiated=provider.allow_idp_initiated,
-        sp_key=provider.sp_key.get_secret_value() if provider.sp_key is not None else None,
-        sp_cert=provider.sp_cert,
+        store=context.store,
+        leeway=entry.leeway,
+        allow_idp_initiated=entry.allow_idp_initiated,
+        sp_key=entry.sp_key.get_secret_value() if entry.sp_key is not None else None,
+        sp_cert=entry.sp_cert,
     )
-    if not sp.metadata_cache.refresh() and provider.idp_metadata_file is not None:
-        raise SamlConfigProblem("idp_metadata_file", sp.metadata_cache.last_error or "unusable")
+    if entry.idp_metadata_file is not None and not sp.metadata_cache.refresh():
+        raise ProviderProblem(("idp_metadata_file",), sp.metadata_cache.last_error or "unusable")
     return sp
 
 
-def build_saml_providers(
-    config: BrokerConfig, *, store: Store, session: requests.Session | None = None
-) -> dict[str, SamlServiceProvider]:
-    """Every ``kind: saml`` provider of ``config``, keyed by name; ``ConfigError`` lists
-    every entry that cannot be built, with its YAML path."""
-    built: dict[str, SamlServiceProvider] = {}
-    problems: list[str] = []
-    for index, provider in enumerate(config.providers):
-        if not isinstance(provider, SamlProviderConfig):
-            continue
-        try:
-            built[provider.name] = build_saml(provider, config, store=store, session=session)
-        except SamlConfigProblem as e:
-            problems.append(f"providers[{index}].{e.key}: {e.message}")
-    if problems:
-        raise ConfigError(problems)
-    return built
+def build(entry: SamlConfig, context: BuildContext) -> Built:
+    """The service provider of one IdP."""
+    return Built(saml=build_saml(entry, context))
+
+
+KIND = ProviderKind(model=SamlConfig, build=build)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from identity.config import ProviderConfig
+from identity.config.models import ProviderBase
 from identity.models import MappedUser, Principal, VendedCredentials
 
 
@@ -19,7 +19,7 @@ class VendRequest:
     the AWS service lets the broker choose.
     """
 
-    provider: ProviderConfig
+    provider: ProviderBase
     user: MappedUser
     principal: Principal
     max_duration: int | None = None

@@ -14,22 +14,33 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Final, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import TypeAdapter
 
 from identity.aws import AwsClients
-from identity.config import BrokerConfig, CognitoConfig
+from identity.config.document import BrokerConfig
+from identity.config.models import CognitoConfig
 from identity.errors import ConfigError, InternalError, ReauthenticationRequired, UpstreamError
 from identity.models import MappedUser, VendedCredentials
+from identity.records import StoredRecord, read_record
 from identity.store import Store
 from identity.vending.aws_errors import error_code, translate
 from identity.vending.base import VendRequest, as_utc
 
+if TYPE_CHECKING:
+    from types_boto3_cognito_identity.type_defs import (
+        GetCredentialsForIdentityInputTypeDef,
+        GetOpenIdTokenForDeveloperIdentityInputTypeDef,
+    )
+
 __all__ = [
     "COGNITO_LOGIN_KEY",
     "IDENTITY_ID_TTL",
+    "CachedIdentity",
     "CognitoDeveloperVendor",
     "CognitoEnhancedVendor",
     "identity_cache_key",
@@ -45,6 +56,16 @@ _CACHE_PREFIX: Final = "vend:cognito-identity:"
 _IDENTITY_GONE: Final = "ResourceNotFoundException"
 
 
+class CachedIdentity(StoredRecord):
+    """The Cognito identity id resolved for one user (stored under ``identity_cache_key``)."""
+
+    v: Literal[1] = 1
+    identity_id: str
+
+
+_CACHED_IDENTITY: Final = TypeAdapter(CachedIdentity)
+
+
 def identity_cache_key(mode: str, *parts: str) -> str:
     """The store key for the identity id of ``parts`` (pool, login key, subject or user id)."""
     digest = hashlib.sha256("\x00".join((mode, *parts)).encode("utf-8")).hexdigest()
@@ -58,29 +79,33 @@ def _cognito(config: BrokerConfig, mode: str) -> CognitoConfig:
     return config.aws.cognito
 
 
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Every botocore failure of the Cognito calls inside leaves as a ``BrokerError``."""
+    try:
+        yield
+    except (BotoCoreError, ClientError) as error:
+        raise translate(error, service=SERVICE) from error
+
+
 class _CognitoCalls:
-    """The Cognito calls both modes make, with every failure translated."""
+    """The Cognito calls both modes make, with every failure translated.
+
+    The client is looked up per call (a dict read), so that one installed later is used.
+    """
 
     def __init__(self, config: BrokerConfig, clients: AwsClients, store: Store, mode: str) -> None:
         self._pool = _cognito(config, mode).identity_pool_id
         self._clients = clients
         self._store = store
 
-    def _call(self, operation: str, **params: Any) -> Mapping[str, Any]:
-        # the client is looked up per call (a dict read) so that one installed later is used
-        client = self._clients.cognito_identity
-        try:
-            answer: Mapping[str, Any] = getattr(client, operation)(**params)
-        except (BotoCoreError, ClientError) as error:
-            raise translate(error, service=SERVICE) from error
-        return answer
-
     def _cached_identity(self, key: str) -> str | None:
-        value = self._store.get(key)
-        return value.decode("utf-8") if value is not None else None
+        cached = read_record(_CACHED_IDENTITY, self._store.get(key))
+        return cached.identity_id if cached is not None else None
 
     def _remember_identity(self, key: str, identity_id: str) -> None:
-        self._store.set(key, identity_id.encode("utf-8"), IDENTITY_ID_TTL)
+        record = _CACHED_IDENTITY.dump_json(CachedIdentity(identity_id=identity_id))
+        self._store.set(key, record, IDENTITY_ID_TTL)
 
     def _forget_identity(self, key: str, identity_id: str, provider: str) -> None:
         log.warning(
@@ -92,10 +117,14 @@ class _CognitoCalls:
     def _credentials(
         self, identity_id: str, logins: Mapping[str, str], custom_role_arn: str | None = None
     ) -> VendedCredentials:
-        params: dict[str, Any] = {"IdentityId": identity_id, "Logins": dict(logins)}
+        params: GetCredentialsForIdentityInputTypeDef = {
+            "IdentityId": identity_id,
+            "Logins": dict(logins),
+        }
         if custom_role_arn:
             params["CustomRoleArn"] = custom_role_arn
-        answer = self._call("get_credentials_for_identity", **params)
+        with _translated():
+            answer = self._clients.cognito_identity.get_credentials_for_identity(**params)
         credentials = answer["Credentials"]
         return VendedCredentials(
             access_key_id=credentials["AccessKeyId"],
@@ -144,8 +173,11 @@ class CognitoEnhancedVendor(_CognitoCalls):
         return self._credentials(self._get_id(key, logins, request), logins, custom_role_arn)
 
     def _get_id(self, key: str, logins: Mapping[str, str], request: VendRequest) -> str:
-        answer = self._call("get_id", IdentityPoolId=self._pool, Logins=dict(logins))
-        identity_id: str = answer["IdentityId"]
+        with _translated():
+            answer = self._clients.cognito_identity.get_id(
+                IdentityPoolId=self._pool, Logins=dict(logins)
+            )
+        identity_id = answer["IdentityId"]
         self._remember_identity(key, identity_id)
         log.info(
             "Cognito identity resolved",
@@ -187,7 +219,7 @@ class CognitoDeveloperVendor(_CognitoCalls):
         return self._vend(key, user, None)
 
     def _vend(self, key: str, user: MappedUser, identity_id: str | None) -> VendedCredentials:
-        params: dict[str, Any] = {
+        params: GetOpenIdTokenForDeveloperIdentityInputTypeDef = {
             "IdentityPoolId": self._pool,
             "Logins": {self._developer_provider: user.user_id},
             "PrincipalTags": dict(user.tags),
@@ -195,8 +227,11 @@ class CognitoDeveloperVendor(_CognitoCalls):
         }
         if identity_id is not None:
             params["IdentityId"] = identity_id
-        answer = self._call("get_open_id_token_for_developer_identity", **params)
-        resolved: str = answer["IdentityId"]
+        with _translated():
+            answer = self._clients.cognito_identity.get_open_id_token_for_developer_identity(
+                **params
+            )
+        resolved = answer["IdentityId"]
         if resolved != identity_id:
             self._remember_identity(key, resolved)
         return self._credentials(resolved, {COGNITO_LOGIN_KEY: answer["Token"]})

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Final
 
 from identity.aws import AwsClients
-from identity.config import BrokerConfig
+from identity.config.document import BrokerConfig
 from identity.errors import ConfigError
 from identity.store import Store
 from identity.vending.base import Vendor

@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
-from typing import Any, Final
+from typing import Final
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from identity.aws import AwsClients
-from identity.config import BrokerConfig, GuestProvider, ProviderConfig, StsConfig
+from identity.config.document import BrokerConfig
+from identity.config.models import ProviderBase, StsConfig
 from identity.errors import InternalError
+from identity.limits import (
+    SESSION_NAME_MAX_LENGTH,
+    SESSION_NAME_MIN_LENGTH,
+    SESSION_NAME_PATTERN,
+    SESSION_NAME_UNSAFE,
+)
 from identity.models import VendedCredentials
+from identity.providers.guest import GuestConfig
 from identity.vending.aws_errors import translate
 from identity.vending.base import VendRequest, as_utc
 
@@ -30,10 +37,6 @@ log = logging.getLogger("chime_broker.vending")
 SERVICE: Final = "sts"
 MIN_DURATION: Final = 900
 DEFAULT_DURATION: Final[int] = StsConfig.model_fields["duration_seconds"].default
-SESSION_NAME_PATTERN: Final = re.compile(r"[\w+=,.@-]{2,64}", re.ASCII)
-_UNSAFE: Final = re.compile(r"[^\w+=,.@-]", re.ASCII)
-_MIN_LENGTH: Final = 2
-_MAX_LENGTH: Final = 64
 _KEPT_PREFIX: Final = 40
 _HASH_CHARS: Final = 16
 
@@ -44,8 +47,8 @@ def role_session_name(user_id: str) -> str:
     ``-``, cut to 40 characters, then ``-`` and 16 hex characters of the id's SHA-256, so
     two ids never share a name (``a:b`` and ``a-b`` differ). Stable: the same id always
     gives the same name."""
-    safe = _UNSAFE.sub("-", user_id)
-    if safe == user_id and _MIN_LENGTH <= len(safe) <= _MAX_LENGTH:
+    safe = SESSION_NAME_UNSAFE.sub("-", user_id)
+    if safe == user_id and SESSION_NAME_MIN_LENGTH <= len(safe) <= SESSION_NAME_MAX_LENGTH:
         return safe
     digest = hashlib.sha256(user_id.encode("utf-8")).hexdigest()[:_HASH_CHARS]
     return f"{safe[:_KEPT_PREFIX]}-{digest}"
@@ -71,15 +74,15 @@ class StsVendor:
         self._duration = sts.duration_seconds if sts is not None else DEFAULT_DURATION
         self._clients = clients
 
-    def _role_arn(self, provider: ProviderConfig) -> str:
+    def _role_arn(self, provider: ProviderBase) -> str:
         role_arn = provider.role_arn or self._default_role_arn
         if role_arn is None:
             # the config check refuses an sts provider without a role
             raise InternalError(log_detail=f"provider {provider.name!r} has no STS role")
         return role_arn
 
-    def _configured_duration(self, provider: ProviderConfig) -> int:
-        if isinstance(provider, GuestProvider):
+    def _configured_duration(self, provider: ProviderBase) -> int:
+        if isinstance(provider, GuestConfig):
             return provider.credential_ttl
         return self._duration
 
@@ -93,13 +96,6 @@ class StsVendor:
         duration = assume_role_duration(
             self._configured_duration(request.provider), request.max_duration
         )
-        params: dict[str, Any] = {
-            "RoleArn": role_arn,
-            "RoleSessionName": session_name,
-            "SourceIdentity": session_name,
-            "Tags": [{"Key": key, "Value": value} for key, value in user.tags.items()],
-            "DurationSeconds": duration,
-        }
         log.info(
             "assuming the user role",
             extra={
@@ -114,7 +110,13 @@ class StsVendor:
             },
         )
         try:
-            answer = self._clients.sts.assume_role(**params)
+            answer = self._clients.sts.assume_role(
+                RoleArn=role_arn,
+                RoleSessionName=session_name,
+                SourceIdentity=session_name,
+                Tags=[{"Key": key, "Value": value} for key, value in user.tags.items()],
+                DurationSeconds=duration,
+            )
         except (BotoCoreError, ClientError) as error:
             raise translate(error, service=SERVICE) from error
         credentials = answer["Credentials"]

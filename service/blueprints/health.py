@@ -31,7 +31,7 @@ def readyz() -> Response:
     checks: dict[str, Any] = {"config": "ok", "store": "ok"}
     # Reported, not required: the other providers keep working while an IdP's metadata
     # cannot be fetched.
-    saml = rt.broker.saml_providers
+    saml = rt.providers.saml
     if saml:
         checks["saml"] = {
             name: "ok" if sp.ready() else "metadata unavailable" for name, sp in saml.items()

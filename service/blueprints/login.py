@@ -21,6 +21,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from identity.errors import InvalidRequest
 from identity.logins import LOGIN_TTL, LoginStep
 from identity.mapping import app_instance_user_arn
+from service.endpoints import API, CALLBACK, LOGIN
 from service.responses import rfc3339
 from service.runtime import runtime
 from service.sessions import (
@@ -30,7 +31,7 @@ from service.sessions import (
     set_session_cookie,
 )
 
-bp = Blueprint("login", __name__, url_prefix="/v1")
+bp = Blueprint("login", __name__, url_prefix=API)
 bp.after_app_request(forget_ended_session_cookie)
 
 _PRE_LOGIN_VALUE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -67,15 +68,15 @@ def _single(source: MultiDict[str, str], names: tuple[str, ...]) -> dict[str, st
 @bp.get("/providers")
 def providers() -> Response:
     """The providers a person can sign in with (meeting guests have no login page)."""
-    config = runtime().config
-    base = config.service.public_url.rstrip("/")
+    rt = runtime()
+    config = rt.config
     return jsonify(
         [
             {
                 "name": p.name,
                 "kind": p.kind,
                 "display_name": p.display_name,
-                "login_url": f"{base}/v1/login/{p.name}",
+                "login_url": rt.endpoints.login_url(p.name),
             }
             for p in config.providers
             if p.kind != "guest"
@@ -83,12 +84,12 @@ def providers() -> Response:
     )
 
 
-@bp.get("/login/<provider>")
+@bp.get(LOGIN)
 def login(provider: str) -> BaseResponse:
     params = _single(request.args, _LOGIN_PARAMS)
     # A browser with a pre-login cookie keeps it, so logins in two tabs both succeed.
     pre_login = pre_login_value() or secrets.token_urlsafe(32)
-    step = runtime().broker.logins.begin(
+    step = runtime().logins.begin(
         provider,
         pre_login=pre_login,
         return_to=params.get("return_to"),
@@ -109,11 +110,11 @@ def login(provider: str) -> BaseResponse:
     return response
 
 
-@bp.route("/callback/<provider>", methods=["GET", "POST"])
+@bp.route(CALLBACK, methods=["GET", "POST"])
 def callback(provider: str) -> BaseResponse:
     source = request.form if request.method == "POST" else request.args
     params = _single(source, _CALLBACK_PARAMS)
-    step = runtime().broker.logins.complete(
+    step = runtime().logins.complete(
         provider,
         params,
         pre_login=pre_login_value(),

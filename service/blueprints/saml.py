@@ -17,10 +17,11 @@ from werkzeug.wrappers import Response as BaseResponse
 from identity.errors import InvalidRequest, UnsupportedMediaType
 from identity.providers.saml import MAX_SAML_RESPONSE_BYTES
 from service.blueprints.login import login_step_response, pre_login_value
+from service.endpoints import SAML, SAML_ACS, SAML_METADATA
 from service.runtime import runtime
 from service.sessions import session_cookie
 
-bp = Blueprint("saml", __name__, url_prefix="/v1/saml")
+bp = Blueprint("saml", __name__, url_prefix=SAML)
 
 SAML_METADATA_TYPE: Final = "application/samlmetadata+xml"
 # The ACS alone takes bodies this large: a signed response carries certificates.
@@ -29,16 +30,16 @@ _FORM_TYPES: Final = frozenset({"application/x-www-form-urlencoded", "multipart/
 _MAX_RELAY_STATE: Final = 4096
 
 
-@bp.get("/<provider>/metadata")
+@bp.get(SAML_METADATA)
 def metadata(provider: str) -> Response:
     """The SP metadata to register at the IdP; URLs come from ``service.public_url``."""
-    xml = runtime().broker.logins.saml_provider(provider).metadata()
+    xml = runtime().logins.saml_provider(provider).metadata()
     response = Response(xml, mimetype=SAML_METADATA_TYPE)
     response.headers["Cache-Control"] = "public, max-age=3600"
     return response
 
 
-@bp.post("/<provider>/acs")
+@bp.post(SAML_ACS)
 def acs(provider: str) -> BaseResponse:
     """The IdP's HTTP-POST answer: a session and the way back to ``return_to``, a native
     app's one-time code, an error redirect, or a problem (see ``BrowserLogins.complete_saml``)."""
@@ -48,7 +49,7 @@ def acs(provider: str) -> BaseResponse:
     if request.mimetype not in _FORM_TYPES:
         raise UnsupportedMediaType("the SAML response is posted as a form (HTTP-POST binding)")
     form = _form()
-    step = runtime().broker.logins.complete_saml(
+    step = runtime().logins.complete_saml(
         provider,
         form,
         pre_login=pre_login_value(),

@@ -25,7 +25,7 @@ def exchange() -> Response:
         if body.nonce is not None:
             raise InvalidRequest("nonce goes with id_token")
         return credentials_response(
-            runtime().broker.logins.redeem_native_code(body.provider, body.code, body.code_verifier)
+            runtime().logins.redeem_native_code(body.provider, body.code, body.code_verifier)
         )
     if body.nonce is not None and body.id_token is None:
         raise InvalidRequest("nonce goes with id_token")

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from identity.config import BrokerConfig, OidcProvider, build_config, load_config
+from identity.config.document import BrokerConfig, build_config, load_config
 from identity.errors import ConfigError
 from identity.mapping import app_instance_user_arn
+from identity.providers.oidc import OidcConfig
+from service.cli.config_file import exit_with_report
 
 if TYPE_CHECKING:
     from service.demo.aws_world import AwsResources
@@ -92,7 +94,7 @@ def _register_clients(config: BrokerConfig, idp: DevIdentityProvider) -> None:
     ``audiences`` (mobile apps, which only receive tokens) become clients of the IdP."""
     base = config.service.public_url.rstrip("/")
     for provider in config.providers:
-        if not isinstance(provider, OidcProvider):
+        if not isinstance(provider, OidcConfig):
             continue
         idp.register_client(
             provider.client_id, redirect_uris=(f"{base}/v1/callback/{provider.name}",)
@@ -115,7 +117,7 @@ def walkthrough(config: BrokerConfig, idp: DevIdentityProvider, aws_endpoint: st
         f"  in-process AWS  {aws_endpoint}  (moto)",
         "",
     ]
-    oidc = [p for p in config.providers if isinstance(p, OidcProvider)]
+    oidc = [p for p in config.providers if isinstance(p, OidcConfig)]
     if not oidc:
         lines += [f"  curl -s {base}/v1/providers", "", "Ctrl-C stops everything.", ""]
         return "\n".join(lines)
@@ -168,8 +170,7 @@ def run_demo(*, config_path: str | None, host: str, port: int, idp_port: int) ->
     try:
         declared = load_config(path)
     except ConfigError as e:
-        print("\n".join(e.problems), file=sys.stderr)
-        raise SystemExit(1) from None
+        exit_with_report(path, e)
     if not declared.is_demo:
         print(f"{path}: the embedded parts start only with mode: demo", file=sys.stderr)
         raise SystemExit(2)
@@ -215,12 +216,12 @@ def run_demo(*, config_path: str | None, host: str, port: int, idp_port: int) ->
             config = demo_config(
                 path, world=world, public_url=_base_url(host, port), idp_issuer=idp.issuer
             )
+            _register_clients(config, idp)
+            app = create_app(config)
         except ConfigError as e:
-            print("\n".join(e.problems), file=sys.stderr)
-            raise SystemExit(1) from None
-        _register_clients(config, idp)
+            exit_with_report(path, e)
         try:
-            server = make_server(host, port, create_app(config), threaded=True)
+            server = make_server(host, port, app, threaded=True)
         except OSError as e:
             print(f"the broker cannot listen on {host}:{port}: {e.strerror}", file=sys.stderr)
             raise SystemExit(1) from None

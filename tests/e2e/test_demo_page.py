@@ -22,16 +22,17 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
-from identity.config import BrokerConfig, build_config, load_config
-from service import create_app
+from identity.config.document import BrokerConfig, load_config
 from service.demo.aws_world import APP_INSTANCE_ARN
 from service.security import PAGE_CSP
 from tests.e2e.pages import DemoPage, SpaServer
-from tests.fixtures.configs import valid_config_dict
+from tests.fixtures import apps
+from tests.fixtures.apps import MakeApp
+from tests.fixtures.configs import REMOVE, provider_dict
 from tests.fixtures.live_server import LiveServer
 from tests.fixtures.recorder import sts_tags
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 COOKIE = "chime_broker_session"
@@ -71,35 +72,26 @@ def broker_config(
     """A broker at ``url`` with one OIDC provider, ``corp`` ("Example Corp", the local IdP,
     client ``test-client``), vending with STS; the page at each of ``origins`` may use it
     and be returned to. ``mode: production`` has a secret key and Secure cookies."""
-    service: dict[str, Any] = {
-        "public_url": url,
-        "allowed_origins": origins,
-        "allowed_return_to": [origin + "/" for origin in origins],
-        "cache_credentials": cache_credentials,
-    }
-    if mode == "production":
-        service["secret_key"] = SECRET_KEY
-    return build_config(
-        {
-            "mode": mode,
-            "aws": {"region": aws.region, "sts": {"role_arn": aws.user_role_arn}},
-            "chime": {"app_instance_arn": aws.app_instance_arn, "user_tag": aws.user_tag},
-            "service": service,
-            "store": "memory://",
-            "providers": [
-                {
-                    "name": "corp",
-                    "kind": "oidc",
-                    "display_name": "Example Corp",
-                    "issuer": idp.issuer,
-                    "client_id": "test-client",
-                    "scopes": ["openid", "profile", "email"],
-                    "exchange": "sts",
-                    "map": {"user_id": "corp-{sub}", "display_name": "{name}"},
-                }
-            ],
-        },
-        env={},
+    return apps.broker_config(
+        aws,
+        mode=mode,
+        service__public_url=url,
+        service__secret_key=SECRET_KEY if mode == "production" else REMOVE,
+        service__allowed_origins=origins,
+        service__allowed_return_to=[origin + "/" for origin in origins],
+        service__cache_credentials=cache_credentials,
+        providers=[
+            provider_dict(
+                "oidc",
+                name="corp",
+                display_name="Example Corp",
+                issuer=idp.issuer,
+                client_id="test-client",
+                scopes=["openid", "profile", "email"],
+                exchange="sts",
+                map={"user_id": "corp-{sub}", "display_name": "{name}"},
+            )
+        ],
     )
 
 
@@ -338,8 +330,8 @@ class _InlineCode(HTMLParser):
             self.found.append("inline script")
 
 
-def test_the_page_is_served_only_in_demo_mode_with_the_page_csp() -> None:
-    demo = create_app(load_config(REPO / "config" / "demo.yaml", env={})).test_client()
+def test_the_page_is_served_only_in_demo_mode_with_the_page_csp(make_app: MakeApp) -> None:
+    demo = make_app(load_config(REPO / "config" / "demo.yaml", env={})).test_client()
     page = demo.get("/")
     assert page.status_code == 200
     assert page.mimetype == "text/html"
@@ -354,7 +346,7 @@ def test_the_page_is_served_only_in_demo_mode_with_the_page_csp() -> None:
     assert demo.get("/static/launcher.py").status_code == 404
     assert demo.get("/static/../launcher.py").status_code == 404
 
-    production = create_app(build_config(valid_config_dict(), env={})).test_client()
+    production = make_app().test_client()
     for path in ("/", "/static/app.js", "/static/style.css"):
         refused = production.get(path)
         assert refused.status_code == 404

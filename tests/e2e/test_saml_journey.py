@@ -19,14 +19,14 @@ import pytest
 import requests
 from playwright.sync_api import Page
 
-from identity.config import BrokerConfig
+from identity.config.document import BrokerConfig
 from tests.e2e.pages import DemoPage, SpaServer
 from tests.fixtures.live_server import LiveServer
 from tests.fixtures.recorder import sts_tags
 from tests.fixtures.saml_idp import SamlAttribute, SamlIdp, SsoUser
 from tests.integration.test_saml_login import NATIVE, saml_config
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 COOKIE = "chime_broker_session"
 PRE_LOGIN_COOKIE = f"__Host-{COOKIE}_login"

@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import yaml
 from flask.testing import FlaskClient
 
-from identity.config import parse_config
-from identity.store import open_store
-from service import create_app
 from service.demo.dev_idp import DevIdentityProvider
 from tests.fakes import FACEBOOK_APP_ID, FACEBOOK_APP_SECRET, FacebookApi
+from tests.fixtures.apps import MakeApp
+from tests.fixtures.configs import REMOVE
 from tests.fixtures.moto_server import AwsWorld
 from tests.fixtures.recorder import sts_tags
 
 CLIENT_ID = "chat-mobile"
 LEGACY_CLIENT_ID = "legacy-mobile"
-SECRET_KEY = "0123456789abcdef0123456789abcdef-vending"
 USER_TAG = "chat_user"
 STS_DURATION = 7200
 TOKEN_DURATION = 900
@@ -72,37 +69,29 @@ def provider_entries(
     ]
 
 
-def broker_client(
-    aws: AwsWorld,
-    providers: list[dict[str, Any]],
-    *,
-    session_lifetime: str = "8h",
-    token_duration: int | None = TOKEN_DURATION,
-) -> FlaskClient:
-    cognito: dict[str, Any] = {
-        "identity_pool_id": aws.identity_pool_id,
-        "developer_provider_name": aws.developer_provider_name,
-    }
-    if token_duration is not None:
-        cognito["token_duration"] = token_duration
-    document = {
-        "mode": "production",
-        "aws": {
-            "region": aws.region,
-            "cognito": cognito,
-            "sts": {"role_arn": aws.user_role_arn, "duration_seconds": STS_DURATION},
-        },
-        "chime": {"app_instance_arn": aws.app_instance_arn, "user_tag": USER_TAG},
-        "service": {
-            "public_url": "http://127.0.0.1:9",
-            "secret_key": SECRET_KEY,
-            "session_lifetime": session_lifetime,
-        },
-        "store": "memory://",
-        "providers": providers,
-    }
-    config = parse_config(yaml.safe_dump(document))
-    return create_app(config, store=open_store("memory://")).test_client()
+BrokerClient = Callable[..., FlaskClient]
+
+
+@pytest.fixture
+def broker_client(make_app: MakeApp) -> BrokerClient:
+    """``broker_client(providers, *, session_lifetime="8h", token_duration=TOKEN_DURATION)``:
+    a test client of a broker with ``providers`` (``token_duration=None``: Cognito's own)."""
+
+    def client(
+        providers: list[dict[str, Any]],
+        *,
+        session_lifetime: str = "8h",
+        token_duration: int | None = TOKEN_DURATION,
+    ) -> FlaskClient:
+        return make_app(
+            aws__sts__duration_seconds=STS_DURATION,
+            aws__cognito__token_duration=REMOVE if token_duration is None else token_duration,
+            chime__user_tag=USER_TAG,
+            service__session_lifetime=session_lifetime,
+            providers=providers,
+        ).test_client()
+
+    return client
 
 
 def corp_claims(sub: str, **claims: Any) -> dict[str, Any]:
@@ -179,9 +168,10 @@ def assert_refused(response: Any, status: int, code: str, aws: AwsWorld, mention
 
 @pytest.mark.parametrize("provider", SOCIAL_AND_OIDC)
 def test_sts_assumes_the_user_role_with_the_users_tags(
-    provider: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi
+    provider: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    broker_client: BrokerClient,
 ) -> None:
-    client = broker_client(aws, provider_entries("sts", oidc_provider, facebook_api))
+    client = broker_client(provider_entries("sts", oidc_provider, facebook_api))
     user_id = PREFIXES[provider] + "ada-42"
 
     response, token = login(client, provider, "ada-42", oidc_provider, facebook_api)
@@ -204,9 +194,10 @@ def test_sts_assumes_the_user_role_with_the_users_tags(
 
 @pytest.mark.parametrize("provider", SOCIAL_AND_OIDC)
 def test_cognito_developer_vouches_for_the_user_with_principal_tags(
-    provider: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi
+    provider: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    broker_client: BrokerClient,
 ) -> None:
-    client = broker_client(aws, provider_entries("cognito_developer", oidc_provider, facebook_api))
+    client = broker_client(provider_entries("cognito_developer", oidc_provider, facebook_api))
     user_id = PREFIXES[provider] + "ada-42"
 
     response, token = login(client, provider, "ada-42", oidc_provider, facebook_api)
@@ -233,10 +224,10 @@ def test_cognito_developer_vouches_for_the_user_with_principal_tags(
 @pytest.mark.parametrize(("token_duration", "expected"), [(TOKEN_DURATION, TOKEN_DURATION),
                                                           (None, 300)])
 def test_developer_token_duration_is_the_configured_one(
-    token_duration: int | None, expected: int, aws: AwsWorld,
+    token_duration: int | None, expected: int, aws: AwsWorld, broker_client: BrokerClient,
     oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
 ) -> None:
-    client = broker_client(aws, provider_entries("cognito_developer", oidc_provider, facebook_api),
+    client = broker_client(provider_entries("cognito_developer", oidc_provider, facebook_api),
                            token_duration=token_duration)
     response, _ = login(client, "corp", "ada", oidc_provider, facebook_api)
     assert_granted(response, "corp", "corp-ada")
@@ -249,10 +240,10 @@ def test_developer_token_duration_is_the_configured_one(
     [("8h", STS_DURATION), ("20m", 1200), ("5m", 900)],
 )
 def test_sts_duration_never_outlives_the_session_but_keeps_the_sts_minimum(
-    session_lifetime: str, expected: int, aws: AwsWorld,
+    session_lifetime: str, expected: int, aws: AwsWorld, broker_client: BrokerClient,
     oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
 ) -> None:
-    client = broker_client(aws, provider_entries("sts", oidc_provider, facebook_api),
+    client = broker_client(provider_entries("sts", oidc_provider, facebook_api),
                            session_lifetime=session_lifetime)
     response, _ = login(client, "google", "ada", oidc_provider, facebook_api)
     assert_granted(response, "google", "google-ada")
@@ -260,16 +251,26 @@ def test_sts_duration_never_outlives_the_session_but_keeps_the_sts_minimum(
     assert call["DurationSeconds"] == str(expected)
 
 
+@pytest.fixture
+def partner_role(aws: AwsWorld) -> Iterator[str]:
+    """A second user role, in the session's AWS for this test only."""
+    iam = aws.client("iam")
+    arn: str = iam.create_role(RoleName="PartnerChatUsers", AssumeRolePolicyDocument="{}")[
+        "Role"
+    ]["Arn"]
+    yield arn
+    iam.delete_role(RoleName="PartnerChatUsers")
+
+
 def test_a_providers_own_role_arn_wins_over_the_default(
-    aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi
+    aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    broker_client: BrokerClient,
+    partner_role: str,
 ) -> None:
-    partner_role = aws.client("iam").create_role(
-        RoleName="PartnerChatUsers", AssumeRolePolicyDocument="{}"
-    )["Role"]["Arn"]
     aws.recorder.reset()
     providers = provider_entries("sts", oidc_provider, facebook_api)
     providers[0]["role_arn"] = partner_role
-    client = broker_client(aws, providers)
+    client = broker_client(providers)
 
     corp, _ = login(client, "corp", "ada", oidc_provider, facebook_api)
     google, _ = login(client, "google", "ada", oidc_provider, facebook_api)
@@ -282,9 +283,10 @@ def test_a_providers_own_role_arn_wins_over_the_default(
 
 
 def test_a_user_id_outside_the_session_name_alphabet_gets_a_stable_derived_name(
-    aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi
+    aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    broker_client: BrokerClient,
 ) -> None:
-    client = broker_client(aws, provider_entries("sts", oidc_provider, facebook_api))
+    client = broker_client(provider_entries("sts", oidc_provider, facebook_api))
     user_id = "corp-ada:lovelace"
     digest = hashlib.sha256(user_id.encode()).hexdigest()[:16]
 
@@ -302,9 +304,10 @@ def test_a_user_id_outside_the_session_name_alphabet_gets_a_stable_derived_name(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_tag_value_of_exactly_256_characters_is_sent_unchanged(
-    mode: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi
+    mode: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    broker_client: BrokerClient,
 ) -> None:
-    client = broker_client(aws, provider_entries(mode, oidc_provider, facebook_api))
+    client = broker_client(provider_entries(mode, oidc_provider, facebook_api))
     dept = "R" * 256
     response, _ = login(client, "corp", "ada", oidc_provider, facebook_api, dept=dept)
     assert_granted(response, "corp", "corp-ada")
@@ -336,19 +339,20 @@ UNUSABLE_SUBJECTS: dict[str, Callable[[str], str]] = {
 @pytest.mark.parametrize("provider", SOCIAL_AND_OIDC)
 @pytest.mark.parametrize("mode", MODES)
 def test_a_subject_that_cannot_be_a_user_id_is_refused(
-    mode: str, provider: str, case: str, aws: AwsWorld,
+    mode: str, provider: str, case: str, aws: AwsWorld, broker_client: BrokerClient,
     oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
 ) -> None:
-    client = broker_client(aws, provider_entries(mode, oidc_provider, facebook_api))
+    client = broker_client(provider_entries(mode, oidc_provider, facebook_api))
     sub = UNUSABLE_SUBJECTS[case](PREFIXES[provider])
     response, _ = login(client, provider, sub, oidc_provider, facebook_api)
     assert_refused(response, 422, "unmappable_identity", aws, "user id")
 
 
 def test_a_64_character_user_id_is_the_longest_accepted(
-    aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi
+    aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    broker_client: BrokerClient,
 ) -> None:
-    client = broker_client(aws, provider_entries("sts", oidc_provider, facebook_api))
+    client = broker_client(provider_entries("sts", oidc_provider, facebook_api))
     sub = _user_id_of_length("corp-", 64)
     response, _ = login(client, "corp", sub, oidc_provider, facebook_api)
     assert_granted(response, "corp", "corp-" + sub)
@@ -357,19 +361,20 @@ def test_a_64_character_user_id_is_the_longest_accepted(
 @pytest.mark.parametrize("sub", ["corp-alice", "Google-alice", "FB-1234", "Corp-Bob"])
 @pytest.mark.parametrize("mode", MODES)
 def test_an_unprefixed_user_id_in_another_providers_namespace_is_refused(
-    mode: str, sub: str, aws: AwsWorld,
+    mode: str, sub: str, aws: AwsWorld, broker_client: BrokerClient,
     oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
 ) -> None:
-    client = broker_client(aws, provider_entries(mode, oidc_provider, facebook_api))
+    client = broker_client(provider_entries(mode, oidc_provider, facebook_api))
     response, _ = login(client, "legacy", sub, oidc_provider, facebook_api)
     assert_refused(response, 422, "unmappable_identity", aws, "another provider's namespace")
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_an_unprefixed_user_id_outside_every_namespace_is_vended(
-    mode: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi
+    mode: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    broker_client: BrokerClient,
 ) -> None:
-    client = broker_client(aws, provider_entries(mode, oidc_provider, facebook_api))
+    client = broker_client(provider_entries(mode, oidc_provider, facebook_api))
     response, _ = login(client, "legacy", "alice", oidc_provider, facebook_api)
     body = assert_granted(response, "legacy", "alice")
     assert arn_user_id(body, aws) == "alice"
@@ -387,10 +392,10 @@ BAD_TAG_VALUES = {
 @pytest.mark.parametrize("case", list(BAD_TAG_VALUES))
 @pytest.mark.parametrize("mode", MODES)
 def test_a_tag_value_sts_would_reject_is_refused(
-    mode: str, case: str, aws: AwsWorld,
+    mode: str, case: str, aws: AwsWorld, broker_client: BrokerClient,
     oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
 ) -> None:
-    client = broker_client(aws, provider_entries(mode, oidc_provider, facebook_api))
+    client = broker_client(provider_entries(mode, oidc_provider, facebook_api))
     value = BAD_TAG_VALUES[case]
     response, _ = login(client, "corp", "ada", oidc_provider, facebook_api, dept=value)
     assert_refused(response, 422, "unmappable_identity", aws, "tag 'department'")
@@ -398,9 +403,10 @@ def test_a_tag_value_sts_would_reject_is_refused(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_social_profile_name_sts_would_reject_as_a_tag_is_refused(
-    mode: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi
+    mode: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    broker_client: BrokerClient,
 ) -> None:
-    client = broker_client(aws, provider_entries(mode, oidc_provider, facebook_api))
+    client = broker_client(provider_entries(mode, oidc_provider, facebook_api))
     response, _ = login(client, "facebook", "1234", oidc_provider, facebook_api,
                         name="Ada & Charles")
     assert_refused(response, 422, "unmappable_identity", aws, "tag 'profile_name'")
@@ -423,10 +429,10 @@ FAILING_REQUIREMENTS: dict[str, dict[str, Any]] = {
 @pytest.mark.parametrize("case", list(FAILING_REQUIREMENTS))
 @pytest.mark.parametrize("mode", MODES)
 def test_failing_require_rules_are_refused(
-    mode: str, case: str, aws: AwsWorld,
+    mode: str, case: str, aws: AwsWorld, broker_client: BrokerClient,
     oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
 ) -> None:
-    client = broker_client(aws, provider_entries(mode, oidc_provider, facebook_api))
+    client = broker_client(provider_entries(mode, oidc_provider, facebook_api))
     claims = FAILING_REQUIREMENTS[case]
     response, _ = login(client, "corp", "ada", oidc_provider, facebook_api, **claims)
     assert_refused(response, 403, "access_denied", aws, f"claim {next(iter(claims))!r}")
@@ -434,9 +440,10 @@ def test_failing_require_rules_are_refused(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_meeting_the_require_rules_is_enough(
-    mode: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi
+    mode: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    broker_client: BrokerClient,
 ) -> None:
-    client = broker_client(aws, provider_entries(mode, oidc_provider, facebook_api))
+    client = broker_client(provider_entries(mode, oidc_provider, facebook_api))
     response, _ = login(client, "corp", "ada", oidc_provider, facebook_api,
                         groups=["chat-users"], email_verified=True)
     assert_granted(response, "corp", "corp-ada")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -19,28 +18,23 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import jwt
 import pytest
 import requests
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from identity.config import build_config, parse_config
+from identity.config.document import BrokerConfig
 from identity.errors import ConfigError
-from identity.providers.redirect import AppleClientSecret, build_redirect_providers
-from identity.providers.registry import build_token_providers
-from identity.store import open_store
+from identity.providers.apple import AppleClientSecret
+from identity.sealing import Sealer
+from identity.store import Store
 from service.demo.dev_idp import DevIdentityProvider
-from tests.fixtures.configs import (
-    APP_INSTANCE_ARN,
-    IDENTITY_POOL_ID,
-    REGION,
-    USER_ROLE_ARN,
-    provider_dict,
-    valid_config_dict,
-)
+from tests.fakes import FakeClock
+from tests.fixtures.apps import MakeConfig
+from tests.fixtures.configs import SECRET_KEY, provider_dict
 from tests.fixtures.live_server import LiveServer, LoopbackSession
 from tests.fixtures.oidc_provider import ALICE_SUB
+from tests.fixtures.providers import built_providers
+from tests.fixtures.records import UNREADABLE_SEALED, spoil_sealed
 
-SECRET_KEY = "0123456789abcdef0123456789abcdef-browser"
 CLIENT_ID = "broker-web"
 CLIENT_SECRET = "broker-web-secret"
 SPA = "https://app.example.chat"
@@ -48,16 +42,6 @@ SPA_HOME = f"{SPA}/app/"
 NATIVE = "com.example.chat:/oauth"
 COOKIE = "chime_broker_session"
 PRE_LOGIN_COOKIE = f"__Host-{COOKIE}_login"
-
-
-class Clock:
-    """Wall time plus an offset the test moves forward."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
 
 
 def s256(verifier: str) -> str:
@@ -84,54 +68,44 @@ def set_cookies(response: requests.Response) -> dict[str, str]:
     return found
 
 
-def config_for(
-    url: str, aws: Any | None, idps: dict[str, DevIdentityProvider], exchange: str = "sts"
-) -> Any:
-    """The broker at ``url`` with one ``oidc`` provider per IdP; without ``aws``, AWS
-    values that nothing may call."""
-    providers = [
-        {
-            "name": name,
-            "kind": "oidc",
-            "issuer": idp.issuer,
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-            "scopes": ["openid", "email", "profile", "offline_access"],
-            "exchange": exchange,
-            "map": {"user_id": "{sub}" if exchange == "cognito" else f"{name}-{{sub}}",
-                    "display_name": "{name}"},
-        }
-        for name, idp in idps.items()
-    ]
-    document = {
-        "mode": "production",
-        "aws": {
-            "region": aws.region if aws else REGION,
-            "cognito": {
-                "identity_pool_id": aws.identity_pool_id if aws else IDENTITY_POOL_ID,
-                "developer_provider_name": aws.developer_provider_name if aws else "login.test",
-            },
-            "sts": {"role_arn": aws.user_role_arn if aws else USER_ROLE_ARN},
-        },
-        "chime": {"app_instance_arn": aws.app_instance_arn if aws else APP_INSTANCE_ARN},
-        "service": {
-            "public_url": url,
-            "secret_key": SECRET_KEY,
-            "session_lifetime": "2h",
-            "allowed_origins": [SPA],
-            "allowed_return_to": [SPA_HOME, NATIVE],
-            "default_return_to": SPA_HOME,
-        },
-        "store": "memory://",
-        "providers": providers,
-    }
-    for name, idp in idps.items():
-        idp.register_client(
-            CLIENT_ID,
-            client_secret=CLIENT_SECRET,
-            redirect_uris=[f"{url}/v1/callback/{name}"],
+@pytest.fixture
+def config_for(make_config: MakeConfig) -> Callable[..., BrokerConfig]:
+    """``config_for(url, idps, exchange="sts")``: the broker at ``url`` with one ``oidc``
+    provider per IdP, each of which knows the broker's callback. In a test without ``aws``,
+    the AWS values are ones that nothing may call."""
+
+    def build(
+        url: str, idps: dict[str, DevIdentityProvider], exchange: str = "sts"
+    ) -> BrokerConfig:
+        for name, idp in idps.items():
+            idp.register_client(
+                CLIENT_ID,
+                client_secret=CLIENT_SECRET,
+                redirect_uris=[f"{url}/v1/callback/{name}"],
+            )
+        return make_config(
+            service__public_url=url,
+            service__session_lifetime="2h",
+            service__allowed_origins=[SPA],
+            service__allowed_return_to=[SPA_HOME, NATIVE],
+            service__default_return_to=SPA_HOME,
+            providers=[
+                {
+                    "name": name,
+                    "kind": "oidc",
+                    "issuer": idp.issuer,
+                    "client_id": CLIENT_ID,
+                    "client_secret": CLIENT_SECRET,
+                    "scopes": ["openid", "email", "profile", "offline_access"],
+                    "exchange": exchange,
+                    "map": {"user_id": "{sub}" if exchange == "cognito" else f"{name}-{{sub}}",
+                            "display_name": "{name}"},
+                }
+                for name, idp in idps.items()
+            ],
         )
-    return parse_config(yaml.safe_dump(document))
+
+    return build
 
 
 class Browser:
@@ -177,20 +151,11 @@ class Browser:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def broker(
     live_broker: Callable[..., LiveServer], aws: Any, oidc_provider: DevIdentityProvider,
-    clock: Clock,
+    clock: FakeClock, config_for: Callable[..., BrokerConfig],
 ) -> LiveServer:
-    return live_broker(
-        lambda url: config_for(url, aws, {"okta": oidc_provider}),
-        store=open_store("memory://"),
-        clock=clock,
-    )
+    return live_broker(lambda url: config_for(url, {"okta": oidc_provider}), clock=clock)
 
 
 @pytest.fixture
@@ -200,19 +165,15 @@ def browser(broker: LiveServer) -> Browser:
 
 @pytest.fixture
 def offline(
-    live_broker: Callable[..., LiveServer], oidc_provider: DevIdentityProvider, clock: Clock,
-    closed_port: int, monkeypatch: pytest.MonkeyPatch,
+    live_broker: Callable[..., LiveServer], oidc_provider: DevIdentityProvider, clock: FakeClock,
+    closed_port: int, monkeypatch: pytest.MonkeyPatch, config_for: Callable[..., BrokerConfig],
 ) -> Browser:
     """A browser at a broker whose AWS endpoint refuses connections: for scenarios in
     which nothing is vended."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    server = live_broker(
-        lambda url: config_for(url, None, {"okta": oidc_provider}),
-        store=open_store("memory://"),
-        clock=clock,
-    )
+    server = live_broker(lambda url: config_for(url, {"okta": oidc_provider}), clock=clock)
     return Browser(server)
 
 
@@ -240,9 +201,9 @@ def assert_error_redirect(response: requests.Response, code: str, to: str = SPA_
 @pytest.mark.parametrize("exchange", ["sts", "cognito_developer"])
 def test_login_session_credentials_logout(
     exchange: str, live_broker: Callable[..., LiveServer], aws: Any,
-    oidc_provider: DevIdentityProvider,
+    oidc_provider: DevIdentityProvider, config_for: Callable[..., BrokerConfig],
 ) -> None:
-    server = live_broker(lambda url: config_for(url, aws, {"okta": oidc_provider}, exchange))
+    server = live_broker(lambda url: config_for(url, {"okta": oidc_provider}, exchange))
     browser = Browser(server)
 
     authorization_url = browser.begin(return_to=f"{SPA_HOME}chat?room=1")
@@ -381,10 +342,10 @@ def test_callback_with_a_used_state_is_refused(
 
 
 def test_callback_after_the_transaction_expired_is_refused(
-    offline: Browser, oidc_provider: DevIdentityProvider, clock: Clock
+    offline: Browser, oidc_provider: DevIdentityProvider, clock: FakeClock
 ) -> None:
     callback = offline.authorize(oidc_provider, offline.begin())
-    clock.offset = 601
+    clock.advance(601)
     response = offline.get(callback)
     assert_problem(response, 400, "invalid_request")
     assert_no_session_cookie(response)
@@ -443,12 +404,13 @@ def test_a_code_is_useless_without_the_pkce_verifier(
 
 
 def test_an_answer_naming_another_issuer_is_refused(
-    live_broker: Callable[..., LiveServer], aws: Any, oidc_provider: DevIdentityProvider
+    live_broker: Callable[..., LiveServer], aws: Any, oidc_provider: DevIdentityProvider,
+    config_for: Callable[..., BrokerConfig],
 ) -> None:
     with DevIdentityProvider() as other:
         other.add_user(ALICE_SUB, name="Alice Elsewhere")
         server = live_broker(
-            lambda url: config_for(url, aws, {"okta": oidc_provider, "other": other})
+            lambda url: config_for(url, {"okta": oidc_provider, "other": other})
         )
         browser = Browser(server)
         callback = browser.authorize(oidc_provider, browser.begin("okta"))
@@ -655,19 +617,19 @@ def test_a_planted_session_id_never_becomes_a_session(
 
 
 def test_the_session_is_rechecked_with_the_idp_and_ends_when_it_refuses(
-    broker: LiveServer, browser: Browser, oidc_provider: DevIdentityProvider, clock: Clock,
+    broker: LiveServer, browser: Browser, oidc_provider: DevIdentityProvider, clock: FakeClock,
     aws: Any,
 ) -> None:
     browser.login(oidc_provider)
     assert browser.api("POST", "/v1/credentials").status_code == 200
     asked = oidc_provider.token_requests
 
-    clock.offset = 16 * 60
+    clock.advance(16 * 60)
     assert browser.api("POST", "/v1/credentials").status_code == 200
     assert oidc_provider.token_requests == asked + 1  # one refresh at the IdP
 
     assert oidc_provider.revoke_refresh_tokens(ALICE_SUB) >= 1
-    clock.offset = 32 * 60
+    clock.advance(16 * 60)
     aws.recorder.reset()
     refused = browser.api("POST", "/v1/credentials")
     assert_problem(refused, 401, "reauthentication_required")
@@ -678,18 +640,17 @@ def test_the_session_is_rechecked_with_the_idp_and_ends_when_it_refuses(
 
 def test_a_cognito_session_vends_with_the_refreshed_id_token(
     live_broker: Callable[..., LiveServer], aws: Any, oidc_provider: DevIdentityProvider,
-    clock: Clock,
+    clock: FakeClock, config_for: Callable[..., BrokerConfig],
 ) -> None:
     server = live_broker(
-        lambda url: config_for(url, aws, {"okta": oidc_provider}, "cognito"),
-        store=open_store("memory://"), clock=clock,
+        lambda url: config_for(url, {"okta": oidc_provider}, "cognito"), clock=clock
     )
     browser = Browser(server)
     browser.login(oidc_provider)
     assert browser.api("POST", "/v1/credentials").status_code == 200
     [first] = [c["Logins"] for c in aws.recorder.calls("GetCredentialsForIdentity")]
 
-    clock.offset = 16 * 60
+    clock.advance(16 * 60)
     aws.recorder.reset()
     assert browser.api("POST", "/v1/credentials").status_code == 200
     [second] = [c["Logins"] for c in aws.recorder.calls("GetCredentialsForIdentity")]
@@ -700,13 +661,41 @@ def test_a_cognito_session_vends_with_the_refreshed_id_token(
 
 
 def test_no_recheck_before_the_interval(
-    broker: LiveServer, browser: Browser, oidc_provider: DevIdentityProvider, clock: Clock
+    broker: LiveServer, browser: Browser, oidc_provider: DevIdentityProvider, clock: FakeClock
 ) -> None:
     browser.login(oidc_provider)
     asked = oidc_provider.token_requests
-    clock.offset = 14 * 60
+    clock.advance(14 * 60)
     assert browser.api("POST", "/v1/credentials").status_code == 200
     assert oidc_provider.token_requests == asked
+
+
+@pytest.fixture
+def stored_broker(
+    live_broker: Callable[..., LiveServer], oidc_provider: DevIdentityProvider,
+    clock: FakeClock, config_for: Callable[..., BrokerConfig], local_store: Store,
+) -> LiveServer:
+    """The ``broker``, keeping its state in ``local_store``."""
+    return live_broker(
+        lambda url: config_for(url, {"okta": oidc_provider}), clock=clock, store=local_store
+    )
+
+
+@pytest.mark.parametrize("how", UNREADABLE_SEALED)
+def test_a_login_stored_in_a_form_this_version_does_not_read_is_refused(
+    how: str, stored_broker: LiveServer, oidc_provider: DevIdentityProvider,
+    local_store: Store, aws: Any,
+) -> None:
+    browser = Browser(stored_broker)
+    authorization = browser.begin()
+    key = "login:" + Sealer(SECRET_KEY).key_hash("login-state", query(authorization)["state"])
+    spoil_sealed(local_store, key, how, field="binding")
+
+    response = browser.get(browser.authorize(oidc_provider, authorization))
+
+    assert_problem(response, 400, "invalid_request")
+    assert_no_session_cookie(response)
+    assert aws.recorder.requests() == []
 
 
 # -- native apps -------------------------------------------------------------------------
@@ -766,11 +755,11 @@ def test_a_native_code_works_once(
 
 
 def test_a_late_native_code_is_refused(
-    broker: LiveServer, browser: Browser, oidc_provider: DevIdentityProvider, clock: Clock,
+    broker: LiveServer, browser: Browser, oidc_provider: DevIdentityProvider, clock: FakeClock,
     aws: Any,
 ) -> None:
     code, verifier = native_login(browser, oidc_provider)
-    clock.offset = 61
+    clock.advance(61)
     assert_problem(exchange_code(broker, code, verifier), 400, "invalid_request")
     assert aws.recorder.requests() == []
 
@@ -781,6 +770,19 @@ def test_a_native_code_with_the_wrong_verifier_is_refused_and_spent(
     code, verifier = native_login(browser, oidc_provider)
     assert_problem(exchange_code(broker, code, secrets.token_urlsafe(48)), 400, "invalid_request")
     assert_problem(exchange_code(broker, code, verifier), 400, "invalid_request")
+    assert aws.recorder.requests() == []
+
+
+@pytest.mark.parametrize("how", UNREADABLE_SEALED)
+def test_a_native_code_stored_in_a_form_this_version_does_not_read_is_refused(
+    how: str, stored_broker: LiveServer, oidc_provider: DevIdentityProvider,
+    local_store: Store, aws: Any,
+) -> None:
+    code, verifier = native_login(Browser(stored_broker), oidc_provider)
+    key = "native:" + Sealer(SECRET_KEY).key_hash("native-code", code)
+    spoil_sealed(local_store, key, how, field="code_challenge")
+
+    assert_problem(exchange_code(stored_broker, code, verifier), 400, "invalid_request")
     assert aws.recorder.requests() == []
 
 
@@ -823,12 +825,10 @@ def apple_key_pem() -> str:
     ).decode()
 
 
-def social_config(providers: list[dict[str, Any]]) -> Any:
-    return build_config(valid_config_dict(providers=providers))
-
-
-def test_social_kinds_send_the_browser_to_their_real_endpoints() -> None:
-    config = social_config([
+def test_social_kinds_send_the_browser_to_their_real_endpoints(
+    make_config: MakeConfig,
+) -> None:
+    config = make_config(providers=[
         provider_dict("google", client_ids=["web.apps.googleusercontent.com", "ios-app"],
                       client_secret="g-secret"),
         provider_dict("apple", client_ids=["com.example.chat.web", "com.example.chat"],
@@ -836,7 +836,7 @@ def test_social_kinds_send_the_browser_to_their_real_endpoints() -> None:
         provider_dict("facebook"),
         provider_dict("amazon", client_secret="a-secret"),
     ])
-    built = build_redirect_providers(config, build_token_providers(config))
+    built = built_providers(config).redirect
     expected = {
         "google": ("https://accounts.google.com/o/oauth2/v2/auth",
                    "web.apps.googleusercontent.com", True),
@@ -861,21 +861,23 @@ def test_social_kinds_send_the_browser_to_their_real_endpoints() -> None:
     assert built["apple"].response_mode == "form_post"
 
 
-def test_social_kinds_without_their_secrets_have_no_browser_login() -> None:
-    config = social_config([provider_dict("google"), provider_dict("apple"),
-                            provider_dict("amazon")])
-    assert build_redirect_providers(config, build_token_providers(config)) == {}
+def test_social_kinds_without_their_secrets_have_no_browser_login(
+    make_config: MakeConfig,
+) -> None:
+    config = make_config(providers=[provider_dict("google"), provider_dict("apple"),
+                                    provider_dict("amazon")])
+    assert built_providers(config).redirect == {}
 
 
-def test_an_unusable_apple_key_fails_start_up() -> None:
+def test_an_unusable_apple_key_fails_start_up(make_config: MakeConfig) -> None:
     rsa_pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()).decode()
     for bad in ("not a key", rsa_pem):
-        config = social_config([provider_dict("apple", team_id="T", key_id="K",
-                                              private_key=bad)])
+        config = make_config(providers=[provider_dict("apple", team_id="T", key_id="K",
+                                                      private_key=bad)])
         with pytest.raises(ConfigError) as refused:
-            build_redirect_providers(config, build_token_providers(config))
+            built_providers(config)
         assert refused.value.problems[0].startswith("providers[0].private_key")
 
 
@@ -893,29 +895,25 @@ def test_apples_client_secret_is_an_es256_jwt_of_the_team() -> None:
 
 
 def social_broker(
-    live_broker: Callable[..., LiveServer], aws: Any, idp: DevIdentityProvider,
+    live_broker: Callable[..., LiveServer], make_config: MakeConfig, idp: DevIdentityProvider,
     entry: dict[str, Any],
 ) -> LiveServer:
-    def build(url: str) -> Any:
-        document = {
-            "aws": {"region": aws.region, "sts": {"role_arn": aws.user_role_arn}},
-            "chime": {"app_instance_arn": aws.app_instance_arn},
-            "service": {"public_url": url, "secret_key": SECRET_KEY,
-                        "allowed_origins": [SPA], "allowed_return_to": [SPA_HOME]},
-            "store": "memory://",
-            "providers": [{**entry, "issuer": idp.issuer, "jwks_url": idp.url("/jwks"),
-                           "authorize_url": idp.url("/authorize"),
-                           "token_url": idp.url("/token"), "exchange": "sts"}],
-        }
-        return parse_config(yaml.safe_dump(document))
-
-    return live_broker(build)
+    """A broker whose one provider is ``entry`` with every endpoint at the local ``idp``."""
+    return live_broker(
+        lambda url: make_config(
+            service__public_url=url,
+            providers=[{**entry, "issuer": idp.issuer, "jwks_url": idp.url("/jwks"),
+                        "authorize_url": idp.url("/authorize"),
+                        "token_url": idp.url("/token"), "exchange": "sts"}],
+        )
+    )
 
 
 def test_a_google_login_through_configured_endpoints(
-    live_broker: Callable[..., LiveServer], aws: Any, oidc_provider: DevIdentityProvider
+    live_broker: Callable[..., LiveServer], aws: Any, oidc_provider: DevIdentityProvider,
+    make_config: MakeConfig,
 ) -> None:
-    server = social_broker(live_broker, aws, oidc_provider, {
+    server = social_broker(live_broker, make_config, oidc_provider, {
         "name": "google", "kind": "google", "client_ids": [CLIENT_ID, "ios-app"],
         "client_secret": CLIENT_SECRET, "map": {"user_id": "g-{sub}"}})
     oidc_provider.register_client(CLIENT_ID, client_secret=CLIENT_SECRET,
@@ -928,9 +926,10 @@ def test_a_google_login_through_configured_endpoints(
 
 
 def test_an_apple_login_posts_back_and_signs_its_client_secret(
-    live_broker: Callable[..., LiveServer], aws: Any, oidc_provider: DevIdentityProvider
+    live_broker: Callable[..., LiveServer], aws: Any, oidc_provider: DevIdentityProvider,
+    make_config: MakeConfig,
 ) -> None:
-    server = social_broker(live_broker, aws, oidc_provider, {
+    server = social_broker(live_broker, make_config, oidc_provider, {
         "name": "apple", "kind": "apple", "client_ids": [CLIENT_ID], "team_id": "TEAM123456",
         "key_id": "KEY1234567", "private_key": apple_key_pem(),
         "map": {"user_id": "apple-{sub}"}})

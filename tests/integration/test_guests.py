@@ -9,7 +9,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,43 +17,19 @@ import jwt
 import pytest
 from flask.testing import FlaskClient
 
-from identity.config import BrokerConfig, build_config
 from identity.providers.guest import MAX_INVITE_LIFETIME, OPEN_GUESTS_PER_MINUTE
-from identity.store import open_store
-from service import create_app
 from service.demo.dev_idp import DevIdentityProvider
+from tests.fakes import FakeClock
+from tests.fixtures.apps import MakeApp, MakeConfig
 from tests.fixtures.moto_server import AwsWorld
 from tests.fixtures.recorder import sts_tags
 
-SECRET_KEY = "0123456789abcdef0123456789abcdef-test"
 INVITE_SECRET = "meeting-app-invite-secret-0123456789abcdef"
 INVITE_ISSUER = "https://meet.example.chat"
 AUDIENCE = "chime-broker"
 GUEST_TTL = 1200
 GUEST_ID = re.compile(r"guest-[0-9a-f]{32}")
 NOW = int(time.time())
-
-
-def broker_config(aws: AwsWorld, providers: list[dict[str, Any]], mode: str = "production"
-                  ) -> BrokerConfig:
-    return build_config(
-        {
-            "mode": mode,
-            "aws": {
-                "region": aws.region,
-                "cognito": {
-                    "identity_pool_id": aws.identity_pool_id,
-                    "developer_provider_name": aws.developer_provider_name,
-                },
-                "sts": {"role_arn": aws.user_role_arn},
-            },
-            "chime": {"app_instance_arn": aws.app_instance_arn, "user_tag": aws.user_tag},
-            "service": {"public_url": "http://127.0.0.1:9", "secret_key": SECRET_KEY},
-            "store": "memory://",
-            "providers": providers,
-        },
-        env={},
-    )
 
 
 def invited_guests(**overrides: Any) -> dict[str, Any]:
@@ -122,11 +98,13 @@ def idp_invite(idp: DevIdentityProvider, claims: dict[str, Any] | None = None,
 
 
 @pytest.fixture
-def client(aws: AwsWorld, oidc_provider: DevIdentityProvider) -> Iterator[FlaskClient]:
+def client(
+    aws: AwsWorld, oidc_provider: DevIdentityProvider, make_app: MakeApp
+) -> FlaskClient:
     providers = [invited_guests(), jwks_guests(oidc_provider), open_guests(), kiosk_guests(),
                  {"name": "corp", "kind": "oidc", "issuer": oidc_provider.issuer,
                   "client_id": "corp-app", "exchange": "sts", "map": {"user_id": "corp-{sub}"}}]
-    yield create_app(broker_config(aws, providers), store=open_store("memory://")).test_client()
+    return make_app(providers=providers).test_client()
 
 
 def post_guest(client: FlaskClient, body: dict[str, Any], **kwargs: Any) -> Any:
@@ -244,10 +222,13 @@ def test_open_guests_need_no_invite(aws: AwsWorld, client: FlaskClient) -> None:
 
 
 def test_in_demo_mode_an_invite_is_optional(
-    aws: AwsWorld, oidc_provider: DevIdentityProvider
+    aws: AwsWorld, oidc_provider: DevIdentityProvider, make_app: MakeApp
 ) -> None:
-    config = broker_config(aws, [jwks_guests(oidc_provider) | {"map": {}}], mode="demo")
-    client = create_app(config, store=open_store("memory://")).test_client()
+    client = make_app(
+        mode="demo",
+        service__public_url="http://127.0.0.1:9",
+        providers=[jwks_guests(oidc_provider) | {"map": {}}],
+    ).test_client()
 
     response = post_guest(client, {"provider": "meeting", "display_name": "Demo guest"})
 
@@ -324,22 +305,16 @@ def test_an_invite_is_accepted_once(aws: AwsWorld, client: FlaskClient) -> None:
 
 
 def test_an_invite_is_accepted_once_across_workers_sharing_a_store(
-    aws: AwsWorld, tmp_path: Path
+    aws: AwsWorld, tmp_path: Path, make_config: MakeConfig, make_app: MakeApp
 ) -> None:
-    config = broker_config(aws, [invited_guests()])
-    url = f"sqlite:///{tmp_path}/state.db"
-    stores = [open_store(url), open_store(url)]
-    try:
-        first, second = (create_app(config, store=store).test_client() for store in stores)
-        token = invite()
-        assert post_guest(first, {"provider": "guests", "invite": token}).status_code == 200
-        aws.recorder.reset()
+    config = make_config(providers=[invited_guests()], store=f"sqlite:///{tmp_path}/state.db")
+    first, second = (make_app(config).test_client() for _ in range(2))
+    token = invite()
+    assert post_guest(first, {"provider": "guests", "invite": token}).status_code == 200
+    aws.recorder.reset()
 
-        assert_refused(post_guest(second, {"provider": "guests", "invite": token}), 401,
-                       "invalid_token", aws)
-    finally:
-        for store in stores:
-            store.close()
+    assert_refused(post_guest(second, {"provider": "guests", "invite": token}), 401,
+                   "invalid_token", aws)
 
 
 def test_an_invite_used_at_one_provider_is_spent_at_every_provider_that_trusts_it(
@@ -365,11 +340,11 @@ def test_a_missing_invite_is_refused(aws: AwsWorld, client: FlaskClient) -> None
     assert_refused(response, 401, "invalid_token", aws)
 
 
-def test_open_guests_are_rate_limited_per_client_address(aws: AwsWorld) -> None:
-    # A fixed clock keeps every request inside one rate-limit minute.
-    frozen = float(NOW)
-    config = broker_config(aws, [open_guests()])
-    client = create_app(config, store=open_store("memory://"), clock=lambda: frozen).test_client()
+def test_open_guests_are_rate_limited_per_client_address(
+    aws: AwsWorld, make_app: MakeApp, clock: FakeClock
+) -> None:
+    # A clock that stands still keeps every request inside one rate-limit minute.
+    client = make_app(providers=[open_guests()], clock=clock).test_client()
     for _ in range(OPEN_GUESTS_PER_MINUTE):
         assert post_guest(client, {"provider": "lobby"}).status_code == 200
     aws.recorder.reset()

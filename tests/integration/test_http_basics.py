@@ -7,54 +7,36 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from flask import Flask
 from openapi_spec_validator import validate
 
-from identity.config import BrokerConfig, parse_config
 from identity.store import open_store
-from service import create_app
 from service.logs import JsonFormatter, redactor
+from tests.fixtures.apps import MakeApp
+from tests.fixtures.configs import provider_dict
 
 SECRET_KEY = "s3cr3t-key-0123456789-abcdefghijklmnop"
 CLIENT_SECRET = "okta-client-secret-value-9876"
 
-BASE_YAML = f"""
-mode: production
-aws:
-  region: us-east-1
-  sts:
-    role_arn: arn:aws:iam::123456789012:role/ChimeMessagingSampleAppUserRole
-chime:
-  app_instance_arn: arn:aws:chime:us-east-1:123456789012:app-instance/test-app-instance
-service:
-  public_url: https://auth.example.chat
-  secret_key: {SECRET_KEY}
-  allowed_origins: [https://app.example.chat]
-  allowed_return_to: [https://app.example.chat/]
-  trusted_proxies: {{proxies}}
-  max_body: 1KiB
-store: memory://
-providers:
-  - name: okta
-    kind: oidc
-    display_name: Example Corp
-    issuer: https://example.okta.com/oauth2/default
-    client_id: 0oa1example
-    client_secret: {CLIENT_SECRET}
-    exchange: sts
-    map: {{{{user_id: "okta-{{{{sub}}}}"}}}}
-"""
-
-
-def make_config(proxies: int = 0) -> BrokerConfig:
-    return parse_config(BASE_YAML.format(proxies=proxies))
+OKTA = provider_dict(
+    "oidc",
+    display_name="Example Corp",
+    issuer="https://example.okta.com/oauth2/default",
+    client_id="0oa1example",
+    client_secret=CLIENT_SECRET,
+    exchange="sts",
+)
+# ``make_app`` overrides: a production broker with a secret in its config and a small body cap.
+HTTP: dict[str, Any] = {"service__secret_key": SECRET_KEY, "service__max_body": "1KiB",
+                        "providers": [OKTA]}
 
 
 @pytest.fixture
-def app() -> Flask:
-    return create_app(make_config())
+def app(make_app: MakeApp) -> Flask:
+    return make_app(**HTTP)
 
 
 @pytest.fixture
@@ -161,15 +143,13 @@ def test_urls_come_from_public_url_never_from_host(app: Flask) -> None:
     ]
 
 
-def test_meeting_guests_get_no_login_button() -> None:
-    guests = """
-  - name: guests
-    kind: guest
-    exchange: sts
-    invite: {issuer: https://app.example.chat, audience: chime-broker,
-             jwks_url: https://app.example.chat/.well-known/jwks.json}
-"""
-    app = create_app(parse_config(BASE_YAML.format(proxies=0) + guests))
+def test_meeting_guests_get_no_login_button(make_app: MakeApp) -> None:
+    guests = {
+        "name": "guests", "kind": "guest", "exchange": "sts",
+        "invite": {"issuer": "https://app.example.chat", "audience": "chime-broker",
+                   "jwks_url": "https://app.example.chat/.well-known/jwks.json"},
+    }
+    app = make_app(**{**HTTP, "providers": [OKTA, guests]})
     names = [p["name"] for p in app.test_client().get("/v1/providers").get_json()]
     assert names == ["okta"]
 
@@ -184,9 +164,10 @@ def test_meeting_guests_get_no_login_button() -> None:
     ],
 )
 def test_client_address_believes_only_trusted_proxy_hops(
-    proxies: int, forwarded_for: str, expected_client: str, log_output: io.StringIO
+    proxies: int, forwarded_for: str, expected_client: str, log_output: io.StringIO,
+    make_app: MakeApp,
 ) -> None:
-    app = create_app(make_config(proxies))
+    app = make_app(**HTTP, service__trusted_proxies=proxies)
     app.test_client().get(
         "/healthz",
         headers={
@@ -209,9 +190,11 @@ def test_health_and_readiness(app: Flask) -> None:
     assert ready.get_json()["checks"] == {"config": "ok", "store": "ok"}
 
 
-def test_readiness_fails_when_the_store_is_unreachable(closed_port: int) -> None:
+def test_readiness_fails_when_the_store_is_unreachable(
+    closed_port: int, make_app: MakeApp
+) -> None:
     store = open_store(f"redis://127.0.0.1:{closed_port}/0")
-    app = create_app(make_config(), store=store)
+    app = make_app(**HTTP, store=store)
     assert_problem(app.test_client().get("/readyz"), 503, "upstream_unavailable")
 
 

@@ -20,7 +20,8 @@ import parliament
 import pytest
 import yaml
 
-from service.policies_cli import add_policies_parser
+from service.cli.policies import add_policies_parser
+from tests.fixtures.configs import valid_config_dict
 
 ACCOUNT = "111122223333"
 APP_INSTANCE_ARN = f"arn:aws:chime:us-east-1:{ACCOUNT}:app-instance/abcd-1234"
@@ -106,14 +107,6 @@ SCENARIOS = [
 
 
 def config_yaml(scenario: Scenario) -> str:
-    aws: dict[str, Any] = {"region": "us-east-1"}
-    if scenario.uses_cognito:
-        aws["cognito"] = {
-            "identity_pool_id": POOL_ID,
-            "developer_provider_name": "login.example.chat",
-        }
-    if scenario.uses_sts:
-        aws["sts"] = {"role_arn": scenario.user_role, "duration_seconds": scenario.sts_duration}
     providers: list[dict[str, Any]] = []
     for exchange in scenario.exchanges:
         # Namespaces must differ; exchange: cognito needs a bare claim as user id.
@@ -141,24 +134,20 @@ def config_yaml(scenario: Scenario) -> str:
                 "map": {"user_id": "partner-{sub}"},
             }
         )
-    document = {
-        "mode": "production",
-        "aws": aws,
-        "chime": {
-            "app_instance_arn": APP_INSTANCE_ARN,
-            "user_tag": USER_TAG,
-            "provision_users": scenario.provision_users,
-            "messaging_endpoint": scenario.messaging_endpoint,
-        },
-        "service": {
-            "public_url": "https://auth.example.chat",
-            "secret_key": "policies-test-secret-key-0123456789abcdef",
-            "allowed_origins": ["https://app.example.chat"],
-            "allowed_return_to": ["https://app.example.chat/"],
-        },
-        "store": "memory://",
-        "providers": providers,
-    }
+    document = valid_config_dict(
+        aws__cognito__identity_pool_id=POOL_ID,
+        aws__sts={"role_arn": scenario.user_role, "duration_seconds": scenario.sts_duration},
+        chime__app_instance_arn=APP_INSTANCE_ARN,
+        chime__user_tag=USER_TAG,
+        chime__provision_users=scenario.provision_users,
+        chime__messaging_endpoint=scenario.messaging_endpoint,
+        providers=providers,
+    )
+    # A section the config does not use is left out, as an admin would leave it out.
+    if not scenario.uses_cognito:
+        del document["aws"]["cognito"]
+    if not scenario.uses_sts:
+        del document["aws"]["sts"]
     return yaml.safe_dump(document, sort_keys=False)
 
 
@@ -394,6 +383,7 @@ def test_parliament_finds_nothing_above_low_in_the_permission_policies(
     assert remaining == []
 
 
+@pytest.mark.slow
 def test_cloudformation_template_passes_cfn_lint(template: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "chime-broker-roles.json"
     path.write_text(json.dumps(template, indent=2))
@@ -403,6 +393,7 @@ def test_cloudformation_template_passes_cfn_lint(template: dict[str, Any], tmp_p
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_cfn_lint_rejects_a_template_with_an_unknown_action(
     template: dict[str, Any], tmp_path: Path
 ) -> None:

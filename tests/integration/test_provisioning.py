@@ -10,6 +10,7 @@ so "called once" is asserted by every later login succeeding.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,14 +24,13 @@ from botocore.stub import Stubber
 from flask.testing import FlaskClient
 
 from identity.aws import AwsClients
-from identity.chime import PERMISSION_DETAIL, client_request_token
-from identity.config import build_config
-from identity.store import open_store
-from service import create_app
+from identity.chime import PERMISSION_DETAIL, client_request_token, provisioning_key
+from identity.store import Store
 from service.demo.dev_idp import DevIdentityProvider
+from tests.fixtures.apps import MakeApp, MakeConfig
 from tests.fixtures.moto_server import AwsWorld
+from tests.fixtures.records import UNREADABLE, spoil
 
-SECRET_KEY = "0123456789abcdef0123456789abcdef-test"
 INVITE_SECRET = "meeting-app-invite-secret-0123456789abcdef"
 INVITE_ISSUER = "https://meet.example.chat"
 CLIENT_ID = "corp-app"
@@ -109,30 +109,29 @@ class Rig:
 
 
 @pytest.fixture
-def make_rig(aws: AwsWorld, oidc_provider: DevIdentityProvider) -> Iterator[Callable[..., Rig]]:
+def make_rig(
+    aws: AwsWorld, oidc_provider: DevIdentityProvider, make_config: MakeConfig,
+    make_app: MakeApp,
+) -> Iterator[Callable[..., Rig]]:
     oidc_provider.register_client(CLIENT_ID)
     stubbers: list[Stubber] = []
 
-    def build(*, provision: bool = True, endpoint: bool = False) -> Rig:
-        config = build_config(
-            {
-                "aws": {"region": aws.region, "sts": {"role_arn": aws.user_role_arn}},
-                "chime": {"app_instance_arn": aws.app_instance_arn, "user_tag": aws.user_tag,
-                          "provision_users": provision, "messaging_endpoint": endpoint},
-                "service": {"public_url": "http://127.0.0.1:9", "secret_key": SECRET_KEY},
-                "store": "memory://",
-                "providers": [
-                    {"name": "corp", "kind": "oidc", "issuer": oidc_provider.issuer,
-                     "client_id": CLIENT_ID, "exchange": "sts",
-                     "map": {"user_id": "corp-{sub}", "display_name": "{name}"}},
-                    {"name": "guests", "kind": "guest", "exchange": "sts",
-                     "invite": {"issuer": INVITE_ISSUER, "audience": "chime-broker",
-                                "shared_secret": INVITE_SECRET},
-                     "user_expiration_days": EXPIRATION_DAYS,
-                     "map": {"user_id": "guest-{sub}"}},
-                ],
-            },
-            env={},
+    def build(
+        *, provision: bool = True, endpoint: bool = False, store: Store | None = None
+    ) -> Rig:
+        config = make_config(
+            chime__provision_users=provision,
+            chime__messaging_endpoint=endpoint,
+            providers=[
+                {"name": "corp", "kind": "oidc", "issuer": oidc_provider.issuer,
+                 "client_id": CLIENT_ID, "exchange": "sts",
+                 "map": {"user_id": "corp-{sub}", "display_name": "{name}"}},
+                {"name": "guests", "kind": "guest", "exchange": "sts",
+                 "invite": {"issuer": INVITE_ISSUER, "audience": "chime-broker",
+                            "shared_secret": INVITE_SECRET},
+                 "user_expiration_days": EXPIRATION_DAYS,
+                 "map": {"user_id": "guest-{sub}"}},
+            ],
         )
         clients = AwsClients(config, max_pool_connections=4)
         # Stubber, not moto: moto has no Chime backend (DESIGN §6); Stubber still validates
@@ -145,7 +144,7 @@ def make_rig(aws: AwsWorld, oidc_provider: DevIdentityProvider) -> Iterator[Call
         for stubber in (identity, messaging):
             stubber.activate()
             stubbers.append(stubber)
-        app = create_app(config, store=open_store("memory://"), clients=clients)
+        app = make_app(config, clients=clients, store=store)
         return Rig(app.test_client(), identity, messaging, aws.app_instance_arn)
 
     yield build
@@ -261,6 +260,31 @@ def test_a_guest_user_is_created_to_expire_with_the_invites_name(
 
     rig.identity.assert_no_pending_responses()
     assert len(aws.recorder.calls("AssumeRole")) == 2
+
+
+@pytest.mark.parametrize("how", [*UNREADABLE, "bare digest"])
+def test_a_user_remembered_in_a_form_this_version_does_not_read_is_provisioned_again(
+    how: str, aws: AwsWorld, oidc_provider: DevIdentityProvider,
+    make_rig: Callable[..., Rig], local_store: Store,
+) -> None:
+    rig = make_rig(store=local_store)
+    rig.expect_create("corp-ada", "Ada Lovelace")
+    assert_ok(login(rig, oidc_provider, "ada", "Ada Lovelace"), "corp-ada", "Ada Lovelace")
+    key = provisioning_key(aws.app_instance_arn, "corp-ada")
+    remembered = local_store.get(key)
+    assert remembered is not None
+    if how == "bare digest":
+        spoiled = hashlib.sha256(b"Ada Lovelace").hexdigest().encode()
+    else:
+        spoiled = spoil(remembered, how, field="name_sha256")
+    local_store.set(key, spoiled, 3600)
+    rig.expect_create_error("corp-ada", "Ada Lovelace", "ConflictException", 409)
+    rig.expect_describe("corp-ada", "Ada Lovelace")
+
+    for _ in range(2):
+        assert_ok(login(rig, oidc_provider, "ada", "Ada Lovelace"), "corp-ada", "Ada Lovelace")
+
+    rig.identity.assert_no_pending_responses()
 
 
 def test_a_guest_user_about_to_expire_is_not_remembered(

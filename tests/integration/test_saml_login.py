@@ -26,8 +26,10 @@ from lxml import etree
 from onelogin.saml2.constants import OneLogin_Saml2_Constants
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 
-from identity.config import BrokerConfig, build_config
+from identity.config.document import BrokerConfig
 from tests.fixtures import saml_idp as idp_kit
+from tests.fixtures.apps import broker_config
+from tests.fixtures.configs import provider_dict
 from tests.fixtures.live_server import LiveServer, LoopbackSession
 from tests.fixtures.recorder import sts_tags
 from tests.fixtures.saml_idp import (
@@ -41,7 +43,6 @@ from tests.fixtures.saml_idp import (
     rogue_keys,
 )
 
-SECRET_KEY = "0123456789abcdef0123456789abcdef-saml"
 SPA = "https://app.example.chat"
 SPA_HOME = f"{SPA}/app/"
 NATIVE = "com.example.chat:/oauth"
@@ -60,37 +61,26 @@ def saml_config(
     """The broker at ``url`` with one SAML provider, ``corp`` ("Corp SSO"), whose IdP is
     ``idp``: user ids ``corp-{name_id}``, the display name and a ``department`` tag from
     attributes. The SPA at ``page`` may use it; native apps may return to ``NATIVE``."""
-    return build_config(
-        {
-            "mode": "production",
-            "aws": {"region": aws.region, "sts": {"role_arn": aws.user_role_arn}},
-            "chime": {"app_instance_arn": aws.app_instance_arn, "user_tag": aws.user_tag},
-            "service": {
-                "public_url": url,
-                "secret_key": SECRET_KEY,
-                "allowed_origins": ["{0.scheme}://{0.netloc}".format(urlsplit(page))],
-                "allowed_return_to": [page, NATIVE],
-                "default_return_to": page,
-            },
-            "store": "memory://",
-            "providers": [
-                {
-                    "name": "corp",
-                    "kind": "saml",
-                    "display_name": "Corp SSO",
-                    "idp_metadata_url": idp.metadata_url,
-                    "sp_entity_id": f"{url}/v1/saml/corp/metadata",
-                    "exchange": "sts",
-                    "map": {
-                        "user_id": "corp-{name_id}",
-                        "display_name": "{displayName}",
-                        "tags": {"department": "{department}"},
-                    },
-                    **entry,
-                }
-            ],
-        },
-        env={},
+    return broker_config(
+        aws,
+        service__public_url=url,
+        service__allowed_origins=["{0.scheme}://{0.netloc}".format(urlsplit(page))],
+        service__allowed_return_to=[page, NATIVE],
+        service__default_return_to=page,
+        providers=[
+            provider_dict(
+                "saml",
+                display_name="Corp SSO",
+                idp_metadata_url=idp.metadata_url,
+                sp_entity_id=f"{url}/v1/saml/corp/metadata",
+                map={
+                    "user_id": "corp-{name_id}",
+                    "display_name": "{displayName}",
+                    "tags": {"department": "{department}"},
+                },
+                **entry,
+            )
+        ],
     )
 
 

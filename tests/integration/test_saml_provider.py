@@ -22,7 +22,7 @@ from lxml import etree
 from onelogin.saml2.constants import OneLogin_Saml2_Constants
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 
-from identity.config import build_config
+from identity.config.document import build_config
 from identity.errors import (
     AccessDenied,
     BrokerError,
@@ -32,7 +32,7 @@ from identity.errors import (
     UpstreamUnavailable,
 )
 from identity.models import Principal
-from identity.providers.saml import SamlServiceProvider, build_saml_providers, prepare_request
+from identity.providers.saml import SamlServiceProvider, prepare_request
 from identity.providers.saml_metadata import (
     FileMetadataSource,
     MetadataError,
@@ -40,8 +40,11 @@ from identity.providers.saml_metadata import (
     parse_idp_metadata,
 )
 from identity.store import MemoryStore
+from service.endpoints import Endpoints
+from tests.fakes import FakeClock
 from tests.fixtures import saml_idp as idp_kit
 from tests.fixtures.configs import REMOVE, provider_dict, valid_config_dict
+from tests.fixtures.providers import built_providers
 from tests.fixtures.saml_idp import (
     MetadataFault,
     SamlAttribute,
@@ -95,7 +98,10 @@ def build_sp(
             providers=[provider_dict("oidc"), *entries], service__public_url=public_url
         )
     )
-    return build_saml_providers(config, store=store)
+    built = dict(built_providers(config, store=store).saml)
+    for provider in built.values():
+        provider.warm_up()  # as a serving broker's start-up does
+    return built
 
 
 @pytest.fixture
@@ -259,7 +265,7 @@ def test_acs_url_destination_and_recipient_follow_the_public_url(
 
 def test_prepare_request_takes_scheme_host_and_port_from_the_public_url() -> None:
     request = prepare_request(
-        "https://example.com:8443/broker", "/v1/saml/corp/acs", {"SAMLResponse": "x"}, {"a": "b"}
+        "https://example.com:8443/broker/v1/saml/corp/acs", {"SAMLResponse": "x"}, {"a": "b"}
     )
     assert request == {
         "https": "on",
@@ -268,7 +274,7 @@ def test_prepare_request_takes_scheme_host_and_port_from_the_public_url() -> Non
         "get_data": {"a": "b"},
         "post_data": {"SAMLResponse": "x"},
     }
-    assert prepare_request("http://127.0.0.1:8000", "/p", {}, {})["https"] == "off"
+    assert prepare_request("http://127.0.0.1:8000/p", {}, {})["https"] == "off"
 
 
 def test_idp_initiated_sign_in_only_when_allowed(idp: SamlIdp, store: MemoryStore) -> None:
@@ -686,6 +692,18 @@ def test_an_unusable_metadata_file_is_a_config_error(
     assert problem in message
 
 
+def test_building_a_provider_fetches_no_metadata(idp: SamlIdp, store: MemoryStore) -> None:
+    """``check`` builds the providers too, and contacts no IdP."""
+    config = build_config(
+        valid_config_dict(
+            providers=[provider_dict("oidc"), saml_entry(idp_metadata_url=idp.metadata_url)]
+        )
+    )
+    sp = built_providers(config, store=store).saml["corp"]
+    assert not sp.ready()
+    assert idp.metadata_requests == 0
+
+
 def test_metadata_from_a_url_is_fetched_once_at_start_up(
     sp: SamlServiceProvider, idp: SamlIdp
 ) -> None:
@@ -695,18 +713,11 @@ def test_metadata_from_a_url_is_fetched_once_at_start_up(
     assert idp.metadata_requests == 1
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def url_sp(idp: SamlIdp, store: MemoryStore, clock: FakeClock) -> SamlServiceProvider:
     return SamlServiceProvider(
         name="corp",
-        public_url=PUBLIC_URL,
+        acs_url=Endpoints(PUBLIC_URL).acs_url("corp"),
+        metadata_url=Endpoints(PUBLIC_URL).metadata_url("corp"),
         sp_entity_id=SP_ENTITY_ID,
         metadata_source=UrlMetadataSource(idp.metadata_url),
         store=store,
@@ -716,24 +727,25 @@ def url_sp(idp: SamlIdp, store: MemoryStore, clock: FakeClock) -> SamlServicePro
     )
 
 
-def test_a_failed_refresh_keeps_the_last_good_copy(idp: SamlIdp, store: MemoryStore) -> None:
-    clock = FakeClock()
+def test_a_failed_refresh_keeps_the_last_good_copy(
+    idp: SamlIdp, store: MemoryStore, clock: FakeClock
+) -> None:
     sp = url_sp(idp, store, clock)
     assert sp.metadata_cache.refresh()
     old_keys = idp.signing
 
     idp.fault = MetadataFault(status=503)
-    clock.now += 3600
+    clock.advance(3600)
     login = start_login(sp, idp)  # the refresh is due: it fails, the old copy serves
     assert idp.metadata_requests == 2
     assert "503" in (sp.metadata_cache.last_error or "")
     assert finish(sp, login, answer(sp, idp, login)).subject == "alice-0001"
 
     idp.fault = MetadataFault(status=200, body=b"<html>maintenance</html>")
-    clock.now += 299
+    clock.advance(299)
     start_login(sp, idp)
     assert idp.metadata_requests == 2, "a failed refresh waits retry_interval"
-    clock.now += 1
+    clock.advance(1)
     login = start_login(sp, idp)
     assert idp.metadata_requests == 3
     assert "not md:EntityDescriptor" in (sp.metadata_cache.last_error or "")
@@ -742,7 +754,7 @@ def test_a_failed_refresh_keeps_the_last_good_copy(idp: SamlIdp, store: MemorySt
     # The IdP rotates its key; once the refresh succeeds, only the new one is trusted.
     idp.fault = None
     idp.signing = make_key_pair("test-idp-next")
-    clock.now += 300
+    clock.advance(300)
     login = start_login(sp, idp)
     assert idp.metadata_requests == 4 and sp.metadata_cache.last_error is None
     assert finish(sp, login, answer(sp, idp, login)).subject == "alice-0001"
@@ -750,8 +762,9 @@ def test_a_failed_refresh_keeps_the_last_good_copy(idp: SamlIdp, store: MemorySt
     assert refused_after(sp, store, login, stale, accepted=3).detail == "signature not accepted"
 
 
-def test_an_idp_unreachable_at_start_up_is_retried(idp: SamlIdp, store: MemoryStore) -> None:
-    clock = FakeClock()
+def test_an_idp_unreachable_at_start_up_is_retried(
+    idp: SamlIdp, store: MemoryStore, clock: FakeClock
+) -> None:
     idp.fault = MetadataFault(status=500)
     sp = url_sp(idp, store, clock)
     assert not sp.metadata_cache.refresh() and not sp.ready()
@@ -762,7 +775,7 @@ def test_an_idp_unreachable_at_start_up_is_retried(idp: SamlIdp, store: MemorySt
     assert idp.metadata_requests == 1
 
     idp.fault = None
-    clock.now += 300
+    clock.advance(300)
     start_login(sp, idp)
     assert sp.ready() and idp.metadata_requests == 2
 

@@ -5,60 +5,44 @@ cache, against the moto server (STS where lifetimes matter: moto's Cognito crede
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
-import yaml
+import requests
+from botocore.credentials import ContainerProvider
+from botocore.exceptions import CredentialRetrievalError
+from botocore.utils import ContainerMetadataFetcher
 from flask.testing import FlaskClient
 
-from identity.config import parse_config
-from identity.store import open_store
-from service import create_app
+from identity.credential_cache import CredentialCache
+from identity.sealing import Sealer, token_hash
+from identity.store import Store
+from tests.fakes import FakeClock
+from tests.fixtures.apps import MakeApp, MakeConfig
+from tests.fixtures.configs import SECRET_KEY
+from tests.fixtures.recorder import sts_tags
+from tests.fixtures.records import UNREADABLE_SEALED, spoil_sealed
 
 CLIENT_ID = "mobile-app"
-SECRET_KEY = "0123456789abcdef0123456789abcdef-test"
 
 
-class Clock:
-    """Wall time plus an offset the test moves forward."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        import time
-
-        return time.time() + self.offset
-
-
-def config_for(aws: Any, idp: Any, exchange: str, **service: Any) -> Any:
-    document = {
-        "aws": {
-            "region": aws.region,
-            "cognito": {
-                "identity_pool_id": aws.identity_pool_id,
-                "developer_provider_name": aws.developer_provider_name,
-            },
-            "sts": {"role_arn": aws.user_role_arn, "duration_seconds": 3600},
-        },
-        "chime": {"app_instance_arn": aws.app_instance_arn},
-        "service": {"public_url": "http://127.0.0.1:9", "secret_key": SECRET_KEY,
-                    "session_lifetime": "1h", **service},
-        "store": "memory://",
+def corp(idp: Any, exchange: str, **service: Any) -> dict[str, Any]:
+    """``make_app`` overrides: one provider, ``corp`` (the local IdP), vending through
+    ``exchange``; STS credentials for up to an hour, sessions of an hour."""
+    return {
+        "aws__sts__duration_seconds": 3600,
+        "service__session_lifetime": "1h",
+        **{f"service__{name}": value for name, value in service.items()},
         "providers": [
             {"name": "corp", "kind": "oidc", "issuer": idp.issuer, "client_id": CLIENT_ID,
              "exchange": exchange,
              "map": {"user_id": "{sub}" if exchange == "cognito" else "corp-{sub}"}},
         ],
     }
-    return parse_config(yaml.safe_dump(document))
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 def start(
@@ -85,15 +69,15 @@ def assert_unauthenticated(response: Any, code: str = "unauthenticated") -> None
 
 @pytest.mark.parametrize("exchange", ["sts", "cognito_developer", "cognito"])
 def test_refresh_works_until_the_session_ends_and_never_after(
-    exchange: str, aws: Any, oidc_provider: Any, clock: Clock
+    exchange: str, aws: Any, oidc_provider: Any, clock: FakeClock, make_app: MakeApp
 ) -> None:
-    app = create_app(config_for(aws, oidc_provider, exchange, cache_credentials=False),
-                     store=open_store("memory://"), clock=clock)
+    app = make_app(**corp(oidc_provider, exchange, cache_credentials=False), clock=clock)
     client = app.test_client()
     body = start(client, oidc_provider, lifetime=7200)
     session = body["broker_session"]["token"]
+    started = clock.now
     for minutes in (0, 30, 59):
-        clock.offset = minutes * 60
+        clock.now = started + minutes * 60
         response = refresh(client, session)
         assert response.status_code == 200, response.get_json()
         assert response.headers["Cache-Control"].startswith("no-store")
@@ -101,22 +85,20 @@ def test_refresh_works_until_the_session_ends_and_never_after(
         assert refreshed["app_instance_user_arn"] == body["app_instance_user_arn"]
         assert "broker_session" not in refreshed
     aws.recorder.reset()
-    clock.offset = 3601
+    clock.now = started + 3601
     assert_unauthenticated(refresh(client, session))
     assert aws.recorder.requests() == []
 
 
 def test_cognito_mode_needs_a_valid_upstream_token(
-    aws: Any, oidc_provider: Any, clock: Clock
+    aws: Any, oidc_provider: Any, clock: FakeClock, make_app: MakeApp
 ) -> None:
-    app = create_app(config_for(aws, oidc_provider, "cognito"), store=open_store("memory://"),
-                     clock=clock)
-    client = app.test_client()
+    client = make_app(**corp(oidc_provider, "cognito"), clock=clock).test_client()
     session = start(client, oidc_provider, lifetime=600)["broker_session"]["token"]
-    clock.offset = 300
+    clock.advance(300)
     assert refresh(client, session).status_code == 200
     aws.recorder.reset()
-    clock.offset = 601
+    clock.advance(301)
     assert_unauthenticated(refresh(client, session), "reauthentication_required")
     assert aws.recorder.requests() == []
 
@@ -126,26 +108,24 @@ def test_cognito_mode_needs_a_valid_upstream_token(
     [(0, 3600), (40 * 60, 1200), (55 * 60, 900)],
 )
 def test_sts_credentials_never_outlive_the_session_more_than_sts_requires(
-    elapsed: int, expected_duration: int, aws: Any, oidc_provider: Any, clock: Clock
+    elapsed: int, expected_duration: int, aws: Any, oidc_provider: Any, clock: FakeClock,
+    make_app: MakeApp,
 ) -> None:
-    app = create_app(config_for(aws, oidc_provider, "sts", cache_credentials=False),
-                     store=open_store("memory://"), clock=clock)
+    app = make_app(**corp(oidc_provider, "sts", cache_credentials=False), clock=clock)
     client = app.test_client()
     session = start(client, oidc_provider, lifetime=7200)["broker_session"]["token"]
     aws.recorder.reset()
-    clock.offset = elapsed
+    clock.advance(elapsed)
     assert refresh(client, session).status_code == 200
     [call] = aws.recorder.calls("AssumeRole")
-    # The session has 3600 - elapsed seconds left (less the time the test itself took);
-    # STS takes no less than 900.
-    assert expected_duration - 5 <= int(call["DurationSeconds"]) <= expected_duration
+    # The session has 3600 - elapsed seconds left; STS takes no less than 900.
+    assert int(call["DurationSeconds"]) == expected_duration
 
 
 def test_the_first_exchange_is_capped_by_the_session_lifetime(
-    aws: Any, oidc_provider: Any
+    aws: Any, oidc_provider: Any, make_app: MakeApp
 ) -> None:
-    config = config_for(aws, oidc_provider, "sts", session_lifetime="20m")
-    client = create_app(config, store=open_store("memory://")).test_client()
+    client = make_app(**corp(oidc_provider, "sts", session_lifetime="20m")).test_client()
     body = start(client, oidc_provider)
     [call] = aws.recorder.calls("AssumeRole")
     assert 1195 <= int(call["DurationSeconds"]) <= 1200
@@ -157,10 +137,9 @@ def test_the_first_exchange_is_capped_by_the_session_lifetime(
 
 
 def test_cached_credentials_are_reused_per_session_and_user(
-    aws: Any, oidc_provider: Any
+    aws: Any, oidc_provider: Any, make_app: MakeApp
 ) -> None:
-    client = create_app(config_for(aws, oidc_provider, "sts"),
-                        store=open_store("memory://")).test_client()
+    client = make_app(**corp(oidc_provider, "sts")).test_client()
     alice = start(client, oidc_provider, "alice")["broker_session"]["token"]
     bob = start(client, oidc_provider, "bob")["broker_session"]["token"]
     aws.recorder.reset()
@@ -173,14 +152,55 @@ def test_cached_credentials_are_reused_per_session_and_user(
     assert alice_1["access_key_id"] != bob_1["access_key_id"]
     calls = aws.recorder.calls("AssumeRole")
     assert len(calls) == 2
-    from tests.fixtures.recorder import sts_tags
-
     assert [sts_tags(c)["my_applications_user_id"] for c in calls] == ["corp-alice", "corp-bob"]
 
 
-def test_logout_ends_a_bearer_session(aws: Any, oidc_provider: Any) -> None:
-    client = create_app(config_for(aws, oidc_provider, "sts"),
-                        store=open_store("memory://")).test_client()
+@pytest.mark.parametrize("how", UNREADABLE_SEALED)
+def test_a_cached_credential_stored_in_a_form_this_version_does_not_read_is_vended_again(
+    how: str, aws: Any, oidc_provider: Any, make_app: MakeApp, local_store: Store
+) -> None:
+    client = make_app(**corp(oidc_provider, "sts"), store=local_store).test_client()
+    session = start(client, oidc_provider)["broker_session"]["token"]
+    aws.recorder.reset()
+    first = refresh(client, session).get_json()["credentials"]
+    [call] = aws.recorder.calls("AssumeRole")
+    cache_key = CredentialCache(local_store, Sealer(SECRET_KEY), clock=time.time).key(
+        session=token_hash(session),
+        provider="corp",
+        user_id="corp-alice",
+        tags=sts_tags(call),
+        role=f"sts:{aws.user_role_arn}",
+    )
+    spoil_sealed(local_store, cache_key, how, field="session_token")
+    aws.recorder.reset()
+
+    vended = refresh(client, session)
+    assert vended.status_code == 200, vended.get_json()
+    assert vended.get_json()["credentials"]["access_key_id"] != first["access_key_id"]
+    assert len(aws.recorder.calls("AssumeRole")) == 1
+    cached = refresh(client, session)
+    assert cached.get_json()["credentials"] == vended.get_json()["credentials"]
+    assert len(aws.recorder.calls("AssumeRole")) == 1
+
+
+@pytest.mark.parametrize("how", UNREADABLE_SEALED)
+def test_a_session_stored_in_a_form_this_version_does_not_read_is_no_session(
+    how: str, aws: Any, oidc_provider: Any, make_app: MakeApp, local_store: Store
+) -> None:
+    client = make_app(**corp(oidc_provider, "sts"), store=local_store).test_client()
+    session = start(client, oidc_provider)["broker_session"]["token"]
+    assert refresh(client, session).status_code == 200
+    spoil_sealed(local_store, "session:" + token_hash(session), how, field="user_id")
+    aws.recorder.reset()
+
+    assert_unauthenticated(refresh(client, session))
+    assert_unauthenticated(client.get("/v1/credentials/container",
+                                      headers={"Authorization": session}))
+    assert aws.recorder.requests() == []
+
+
+def test_logout_ends_a_bearer_session(aws: Any, oidc_provider: Any, make_app: MakeApp) -> None:
+    client = make_app(**corp(oidc_provider, "sts")).test_client()
     session = start(client, oidc_provider)["broker_session"]["token"]
     assert refresh(client, session).status_code == 200
     response = client.post("/v1/logout", headers={"Authorization": f"Bearer {session}"})
@@ -202,10 +222,9 @@ def test_logout_ends_a_bearer_session(aws: Any, oidc_provider: Any) -> None:
      "Basic {token}", "{token}x"],
 )
 def test_the_container_endpoint_takes_exactly_the_bare_token(
-    authorization: str | None, aws: Any, oidc_provider: Any
+    authorization: str | None, aws: Any, oidc_provider: Any, make_app: MakeApp
 ) -> None:
-    client = create_app(config_for(aws, oidc_provider, "sts"),
-                        store=open_store("memory://")).test_client()
+    client = make_app(**corp(oidc_provider, "sts")).test_client()
     session = start(client, oidc_provider)["broker_session"]["token"]
     aws.recorder.reset()
     headers = {} if authorization is None else {
@@ -222,10 +241,9 @@ def test_the_container_endpoint_takes_exactly_the_bare_token(
     "authorization", [None, "Bearer", "Bearer ", "Bearer cbs_unknown", "Token abc", "Bearer a b"]
 )
 def test_refresh_refuses_missing_or_unknown_bearer_tokens(
-    authorization: str | None, aws: Any, oidc_provider: Any
+    authorization: str | None, aws: Any, oidc_provider: Any, make_app: MakeApp
 ) -> None:
-    client = create_app(config_for(aws, oidc_provider, "sts"),
-                        store=open_store("memory://")).test_client()
+    client = make_app(**corp(oidc_provider, "sts")).test_client()
     headers = {} if authorization is None else {"Authorization": authorization}
     response = client.post("/v1/credentials", headers=headers)
     assert_unauthenticated(response)
@@ -234,17 +252,17 @@ def test_refresh_refuses_missing_or_unknown_bearer_tokens(
 
 
 def test_nothing_secret_is_readable_in_the_store(
-    aws: Any, oidc_provider: Any, tmp_path: Path
+    aws: Any, oidc_provider: Any, tmp_path: Path, make_config: MakeConfig, make_app: MakeApp
 ) -> None:
     db = tmp_path / "state.db"
-    config = config_for(aws, oidc_provider, "cognito")
-    client = create_app(config, store=open_store(f"sqlite:///{db}")).test_client()
+    cognito = make_config(**corp(oidc_provider, "cognito"), store=f"sqlite:///{db}")
+    client = make_app(cognito).test_client()
     oidc_provider.register_client(CLIENT_ID)
     id_token = oidc_provider.mint_id_token({"sub": "alice"}, audience=CLIENT_ID, lifetime=7200)
     body = client.post("/v1/token", json={"provider": "corp", "id_token": id_token}).get_json()
     session = body["broker_session"]["token"]
-    sts_client = create_app(config_for(aws, oidc_provider, "sts"),
-                            store=open_store(f"sqlite:///{db}")).test_client()
+    sts = make_config(**corp(oidc_provider, "sts"), store=f"sqlite:///{db}")
+    sts_client = make_app(sts).test_client()
     sts_session = start(sts_client, oidc_provider, "bob")["broker_session"]["token"]
     cached = refresh(sts_client, sts_session).get_json()["credentials"]
 
@@ -261,15 +279,10 @@ def test_nothing_secret_is_readable_in_the_store(
 
 
 def test_boto3_resolves_credentials_from_the_broker_by_itself(
-    aws: Any, oidc_provider: Any, live_broker: Any, monkeypatch: pytest.MonkeyPatch
+    aws: Any, oidc_provider: Any, live_broker: Any, monkeypatch: pytest.MonkeyPatch,
+    make_config: MakeConfig,
 ) -> None:
-    import boto3
-    from botocore.credentials import ContainerProvider
-    from botocore.exceptions import CredentialRetrievalError
-
-    server = live_broker(config_for(aws, oidc_provider, "sts"))
-    import requests
-
+    server = live_broker(make_config(**corp(oidc_provider, "sts")))
     oidc_provider.register_client(CLIENT_ID)
     id_token = oidc_provider.mint_id_token({"sub": "alice"}, audience=CLIENT_ID)
     body = requests.post(f"{server.url}/v1/token",
@@ -295,5 +308,7 @@ def test_boto3_resolves_credentials_from_the_broker_by_itself(
 
     requests.post(f"{server.url}/v1/logout", headers={"Authorization": f"Bearer {session}"},
                   timeout=10).raise_for_status()
+    # The SDK retries a refused fetch after a second; the wait is not what is tested here.
+    fetcher = ContainerMetadataFetcher(sleep=lambda _seconds: None)
     with pytest.raises(CredentialRetrievalError):
-        ContainerProvider().load()
+        ContainerProvider(fetcher=fetcher).load()

@@ -306,6 +306,7 @@ def _race_processes(operation: str, url: str, key: str) -> list[Any]:
     return [outcomes[i] for i in range(PROCESSES)]
 
 
+@pytest.mark.slow
 def test_set_if_absent_race_between_processes_has_one_winner(shared_store_url: str) -> None:
     won = _race_processes("set_if_absent", shared_store_url, "claim")
     assert won.count(True) == 1
@@ -316,6 +317,7 @@ def test_set_if_absent_race_between_processes_has_one_winner(shared_store_url: s
         store.close()
 
 
+@pytest.mark.slow
 def test_get_and_delete_race_between_processes_has_one_taker(shared_store_url: str) -> None:
     store = open_store(shared_store_url)
     try:
@@ -328,6 +330,7 @@ def test_get_and_delete_race_between_processes_has_one_taker(shared_store_url: s
         store.close()
 
 
+@pytest.mark.slow
 def test_incr_from_many_processes_counts_exactly(shared_store_url: str) -> None:
     counts = _race_processes("incr", shared_store_url, "total")
     seen = sorted(n for process_counts in counts for n in process_counts)

@@ -8,56 +8,38 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jwt
 import pytest
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from flask import Flask
 from flask.testing import FlaskClient
 
-from identity.config import parse_config
-from identity.store import open_store
-from service import create_app
 from tests.fakes import AMAZON_CLIENT_ID, FACEBOOK_APP_ID, FACEBOOK_APP_SECRET
+from tests.fixtures.apps import MakeApp
 
 CLIENT_ID = "mobile-app"
-SECRET_KEY = "0123456789abcdef0123456789abcdef-test"
+# AWS that stops answering fails a test in seconds, not after botocore's minute.
+AWS_TIMEOUTS = {"connect": 2, "read": 5}
 
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def broker_config(aws: Any, providers: list[dict[str, Any]], **service: Any) -> Any:
-    document = {
-        "mode": "production",
-        "aws": {
-            "region": aws.region,
-            "cognito": {
-                "identity_pool_id": aws.identity_pool_id,
-                "developer_provider_name": aws.developer_provider_name,
-            },
-            "sts": {"role_arn": aws.user_role_arn},
-            "timeouts": {"connect": 2, "read": 5},
-        },
-        "chime": {"app_instance_arn": aws.app_instance_arn},
-        "service": {
-            "public_url": "http://127.0.0.1:9",
-            "secret_key": SECRET_KEY,
-            **service,
-        },
-        "store": "memory://",
-        "providers": providers,
-    }
-    return parse_config(yaml.safe_dump(document))
+ClientFor = Callable[[list[dict[str, Any]]], FlaskClient]
 
 
-def make_app(aws: Any, providers: list[dict[str, Any]]) -> Flask:
-    return create_app(broker_config(aws, providers), store=open_store("memory://"))
+@pytest.fixture
+def client_for(make_app: MakeApp) -> ClientFor:
+    """``client_for(providers)``: a test client of a broker with exactly ``providers``."""
+
+    def client(providers: list[dict[str, Any]]) -> FlaskClient:
+        return make_app(providers=providers, aws__timeouts=AWS_TIMEOUTS).test_client()
+
+    return client
 
 
 @pytest.fixture
@@ -120,12 +102,12 @@ def post_token(client: FlaskClient, body: dict[str, Any]) -> Any:
 @pytest.mark.parametrize("kind", [*list(LOGIN_KEYS), "oidc"])
 def test_each_kind_exchanges_a_token_for_one_users_credentials(
     kind: str, aws: Any, oidc_provider: Any, facebook_api: Any, amazon_api: Any,
-    provider_entries: dict[str, dict[str, Any]],
+    provider_entries: dict[str, dict[str, Any]], client_for: ClientFor,
 ) -> None:
     entry = provider_entries[kind]
     entry["custom_role_arn"] = aws.user_role_arn
     entry["map"] = {"user_id": "{sub}", "display_name": "{name}"}
-    client = make_app(aws, [entry]).test_client()
+    client = client_for([entry])
     field, token = upstream_token(kind, "user-123", oidc_provider, facebook_api, amazon_api)
 
     response = post_token(client, {"provider": entry["name"], field: token})
@@ -157,9 +139,10 @@ def test_each_kind_exchanges_a_token_for_one_users_credentials(
 
 
 def test_a_returning_user_causes_no_second_get_id(
-    aws: Any, oidc_provider: Any, provider_entries: dict[str, dict[str, Any]]
+    aws: Any, oidc_provider: Any, provider_entries: dict[str, dict[str, Any]],
+    client_for: ClientFor,
 ) -> None:
-    client = make_app(aws, [provider_entries["oidc"]]).test_client()
+    client = client_for([provider_entries["oidc"]])
     first = post_token(client, {"provider": "corp",
                                 "id_token": oidc_provider.mint_id_token({"sub": "alice"},
                                                                         audience=CLIENT_ID)})
@@ -181,9 +164,10 @@ def test_a_returning_user_causes_no_second_get_id(
 
 
 def test_key_rotation_at_the_idp_is_followed_without_a_restart(
-    aws: Any, oidc_provider: Any, provider_entries: dict[str, dict[str, Any]]
+    aws: Any, oidc_provider: Any, provider_entries: dict[str, dict[str, Any]],
+    client_for: ClientFor,
 ) -> None:
-    client = make_app(aws, [provider_entries["oidc"]]).test_client()
+    client = client_for([provider_entries["oidc"]])
     before = oidc_provider.mint_id_token({"sub": "alice"}, audience=CLIENT_ID)
     assert post_token(client, {"provider": "corp", "id_token": before}).status_code == 200
     oidc_provider.rotate_keys(drop_old=True)
@@ -295,11 +279,11 @@ INVALID_TOKENS: dict[str, Callable[[Any], str]] = {
 
 @pytest.fixture
 def corp_app(
-    aws: Any, provider_entries: dict[str, dict[str, Any]]
-) -> Iterator[FlaskClient]:
+    aws: Any, provider_entries: dict[str, dict[str, Any]], client_for: ClientFor
+) -> FlaskClient:
     partner = dict(provider_entries["oidc"], name="partner", client_id="partner-app",
                    exchange="cognito_developer", map={"user_id": "partner-{sub}"})
-    yield make_app(aws, [provider_entries["oidc"], partner]).test_client()
+    return client_for([provider_entries["oidc"], partner])
 
 
 def assert_refused(response: Any, status: int, code: str, aws: Any) -> None:
@@ -351,9 +335,9 @@ def test_a_one_megabyte_token_is_refused(aws: Any, corp_app: FlaskClient) -> Non
 @pytest.mark.parametrize("kind", ["facebook", "amazon"])
 def test_an_access_token_issued_to_another_app_is_refused(
     kind: str, aws: Any, facebook_api: Any, amazon_api: Any,
-    provider_entries: dict[str, dict[str, Any]],
+    provider_entries: dict[str, dict[str, Any]], client_for: ClientFor,
 ) -> None:
-    client = make_app(aws, [provider_entries[kind]]).test_client()
+    client = client_for([provider_entries[kind]])
     token = "token-issued-to-another-app"
     if kind == "facebook":
         facebook_api.add_token(token, user_id="42", app_id="someone-elses-app")

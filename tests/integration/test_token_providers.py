@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from identity.config import BrokerConfig, build_config
 from identity.errors import (
     BrokerError,
     InvalidToken,
@@ -25,7 +24,6 @@ from identity.errors import (
 )
 from identity.models import Principal
 from identity.providers.base import TokenProvider
-from identity.providers.registry import build_token_providers
 from service.demo.dev_idp import DevIdentityProvider
 from tests.fakes import (
     AMAZON_APP_ID,
@@ -36,7 +34,10 @@ from tests.fakes import (
     FacebookApi,
     Fault,
 )
+from tests.fixtures.apps import broker_config
+from tests.fixtures.configs import REMOVE
 from tests.fixtures.oidc_provider import ALICE_CLAIMS, ALICE_SUB, TEST_CLIENT_ID
+from tests.fixtures.providers import built_providers
 
 GOOGLE_WEB = "1234-web.apps.googleusercontent.com"
 GOOGLE_IOS = "1234-ios.apps.googleusercontent.com"
@@ -50,25 +51,11 @@ def token_provider(
     entry: dict[str, Any], *, timeouts: dict[str, float] | None = None
 ) -> TokenProvider:
     """The provider the broker would build for one YAML ``providers`` entry."""
-    aws: dict[str, Any] = {
-        "region": "us-east-1",
-        "sts": {"role_arn": "arn:aws:iam::111122223333:role/ChatUser"},
-    }
-    if timeouts is not None:
-        aws["timeouts"] = timeouts
-    config: BrokerConfig = build_config(
-        {
-            "aws": aws,
-            "chime": {
-                "app_instance_arn": "arn:aws:chime:us-east-1:111122223333:app-instance/abcd-1234"
-            },
-            "service": {"public_url": "https://auth.example.chat", "secret_key": "k" * 40},
-            "store": "memory://",
-            "providers": [{"exchange": "sts", **entry}],
-        },
-        env={},
+    config = broker_config(
+        aws__timeouts=REMOVE if timeouts is None else timeouts,
+        providers=[{"exchange": "sts", **entry}],
     )
-    return build_token_providers(config)[entry["name"]]
+    return built_providers(config).token[entry["name"]]
 
 
 def refused(call: Callable[[], object], error: type[BrokerError] = InvalidToken) -> BrokerError:

@@ -8,6 +8,7 @@ test asserts the parameters the recorder saw, not only the answer.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import socket
@@ -23,7 +24,7 @@ from botocore.stub import Stubber
 
 from identity import errors
 from identity.aws import AwsClients
-from identity.config import BrokerConfig, build_config
+from identity.config.document import BrokerConfig
 from identity.models import MappedUser, Principal, VendedCredentials
 from identity.store import Store, open_store
 from identity.vending.base import Vendor, VendRequest
@@ -35,8 +36,10 @@ from identity.vending.cognito import (
 )
 from identity.vending.registry import build_vendors
 from identity.vending.sts import StsVendor, role_session_name
+from tests.fixtures.apps import MakeConfig
 from tests.fixtures.moto_server import AwsWorld
 from tests.fixtures.recorder import sts_tags
+from tests.fixtures.records import UNREADABLE, spoil
 
 USER_TAG = "my_applications_user_id"
 GOOGLE = "accounts.google.com"
@@ -49,28 +52,12 @@ SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}", re.ASCII)
 # -- arrangement ---------------------------------------------------------------------------
 
 
-def make_config(aws: AwsWorld, providers: list[dict[str, Any]]) -> BrokerConfig:
-    return build_config(
-        {
-            "aws": {
-                "region": aws.region,
-                "cognito": {
-                    "identity_pool_id": aws.identity_pool_id,
-                    "developer_provider_name": aws.developer_provider_name,
-                    "token_duration": TOKEN_DURATION,
-                },
-                "sts": {"role_arn": aws.user_role_arn, "duration_seconds": STS_DURATION},
-            },
-            "chime": {"app_instance_arn": aws.app_instance_arn, "user_tag": USER_TAG},
-            "service": {
-                "public_url": "https://auth.example.chat",
-                "secret_key": "s" * 40,
-            },
-            "store": "memory://",
-            "providers": providers,
-        },
-        env={},
-    )
+# ``make_config`` overrides: what every vendor here is configured with.
+DURATIONS: dict[str, Any] = {
+    "aws__cognito__token_duration": TOKEN_DURATION,
+    "aws__sts__duration_seconds": STS_DURATION,
+    "chime__user_tag": USER_TAG,
+}
 
 
 def partner_role_arn(aws: AwsWorld) -> str:
@@ -122,8 +109,8 @@ def all_providers(aws: AwsWorld) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def config(aws: AwsWorld) -> BrokerConfig:
-    return make_config(aws, all_providers(aws))
+def config(aws: AwsWorld, make_config: MakeConfig) -> BrokerConfig:
+    return make_config(providers=all_providers(aws), **DURATIONS)
 
 
 @pytest.fixture
@@ -181,6 +168,11 @@ def google_request(config: BrokerConfig, subject: str, token: str) -> VendReques
     )
 
 
+def identity_record(identity_id: str) -> bytes:
+    """How the broker stores a resolved Cognito identity id."""
+    return b'{"v":1,"identity_id":"' + identity_id.encode() + b'"}'
+
+
 def assert_aware_utc_in_future(credentials: VendedCredentials) -> None:
     assert credentials.expiration.utcoffset() == timedelta(0)
     assert credentials.expiration > datetime.now(UTC)
@@ -190,7 +182,8 @@ def assert_aware_utc_in_future(credentials: VendedCredentials) -> None:
 
 
 def test_registry_builds_one_vendor_per_exchange_mode_in_use(
-    aws: AwsWorld, config: BrokerConfig, clients: AwsClients, store: Store
+    aws: AwsWorld, config: BrokerConfig, clients: AwsClients, store: Store,
+    make_config: MakeConfig,
 ) -> None:
     vendors = build_vendors(config, clients, store)
     assert set(vendors) == {"cognito", "cognito_developer", "sts"}
@@ -198,7 +191,7 @@ def test_registry_builds_one_vendor_per_exchange_mode_in_use(
     assert isinstance(vendors["cognito_developer"], CognitoDeveloperVendor)
     assert isinstance(vendors["sts"], StsVendor)
 
-    sts_only = make_config(aws, all_providers(aws)[2:])
+    sts_only = make_config(providers=all_providers(aws)[2:], **DURATIONS)
     assert set(build_vendors(sts_only, AwsClients(sts_only), store)) == {"sts"}
     assert aws.recorder.operations() == []
 
@@ -231,7 +224,7 @@ def test_enhanced_flow_sends_the_token_to_get_id_and_get_credentials(
     ]
     key = identity_cache_key("cognito", aws.identity_pool_id, GOOGLE, "108234")
     assert "108234" not in key
-    assert store.get(key) == credentials.identity_id.encode()
+    assert store.get(key) == identity_record(credentials.identity_id)
 
 
 def test_enhanced_flow_resolves_each_subject_once(
@@ -258,10 +251,12 @@ def test_enhanced_flow_resolves_each_subject_once(
     ]
 
 
-def test_enhanced_flow_without_custom_role_sends_none(aws: AwsWorld, store: Store) -> None:
+def test_enhanced_flow_without_custom_role_sends_none(
+    aws: AwsWorld, store: Store, make_config: MakeConfig
+) -> None:
     providers = all_providers(aws)
     del providers[0]["custom_role_arn"]
-    config = make_config(aws, providers)
+    config = make_config(providers=providers, **DURATIONS)
     vendor = CognitoEnhancedVendor(config, AwsClients(config), store)
 
     vendor.vend(google_request(config, "108234", "google-id-token"))
@@ -324,6 +319,55 @@ def test_developer_flow_reuses_the_identity_id_it_learned(
     assert [
         call.get("IdentityId") for call in aws.recorder.calls("GetOpenIdTokenForDeveloperIdentity")
     ] == [None, first.identity_id, None]
+
+
+def spoil_identity(store: Store, key: str, how: str) -> None:
+    """Replace the identity id record at ``key`` by an unreadable one; ``"bare"`` is the
+    identity id alone, not a record."""
+    stored = store.get(key)
+    assert stored is not None
+    if how == "bare":
+        cached = json.loads(stored)["identity_id"]
+        store.set(key, cached.encode(), 3600)
+    else:
+        store.set(key, spoil(stored, how, field="identity_id"), 3600)
+
+
+@pytest.mark.parametrize("how", [*UNREADABLE, "bare"])
+def test_an_identity_id_stored_in_a_form_this_version_does_not_read_is_resolved_again(
+    how: str, aws: AwsWorld, config: BrokerConfig, clients: AwsClients, local_store: Store
+) -> None:
+    vendor = CognitoEnhancedVendor(config, clients, local_store)
+    vendor.vend(google_request(config, "108234", "token-1"))
+    key = identity_cache_key("cognito", aws.identity_pool_id, GOOGLE, "108234")
+    spoil_identity(local_store, key, how)
+    aws.recorder.reset()
+
+    again = vendor.vend(google_request(config, "108234", "token-2"))
+
+    assert aws.recorder.operations() == ["GetId", "GetCredentialsForIdentity"]
+    assert again.identity_id is not None
+    assert local_store.get(key) == identity_record(again.identity_id)
+
+
+@pytest.mark.parametrize("how", [*UNREADABLE, "bare"])
+def test_a_developer_identity_id_stored_in_a_form_this_version_does_not_read_is_not_sent(
+    how: str, aws: AwsWorld, config: BrokerConfig, clients: AwsClients, local_store: Store
+) -> None:
+    vendor = CognitoDeveloperVendor(config, clients, local_store)
+    vendor.vend(request_for(config, "okta", "okta-00u1abc"))
+    key = identity_cache_key(
+        "cognito_developer", aws.identity_pool_id, aws.developer_provider_name, "okta-00u1abc"
+    )
+    spoil_identity(local_store, key, how)
+    aws.recorder.reset()
+
+    again = vendor.vend(request_for(config, "okta", "okta-00u1abc"))
+
+    [call] = aws.recorder.calls("GetOpenIdTokenForDeveloperIdentity")
+    assert "IdentityId" not in call
+    assert again.identity_id is not None
+    assert local_store.get(key) == identity_record(again.identity_id)
 
 
 # -- exchange: sts -------------------------------------------------------------------------
@@ -487,7 +531,7 @@ def test_a_deleted_cached_identity_is_resolved_again_once(
     old, new = f"{aws.region}:old-identity", f"{aws.region}:new-identity"
     logins = {GOOGLE: "token-2"}
     key = identity_cache_key("cognito", pool, GOOGLE, "108234")
-    store.set(key, old.encode(), 3600)
+    store.set(key, identity_record(old), 3600)
 
     cognito_stub.add_client_error(
         "get_credentials_for_identity",
@@ -509,7 +553,7 @@ def test_a_deleted_cached_identity_is_resolved_again_once(
 
     assert credentials.identity_id == new
     assert credentials.access_key_id == "ASIAEXAMPLE"
-    assert store.get(key) == new.encode()
+    assert store.get(key) == identity_record(new)
 
 
 def test_a_deleted_developer_identity_is_resolved_again_once(
@@ -522,7 +566,7 @@ def test_a_deleted_developer_identity_is_resolved_again_once(
     pool, developer = aws.identity_pool_id, aws.developer_provider_name
     old, new = f"{aws.region}:old-identity", f"{aws.region}:new-identity"
     key = identity_cache_key("cognito_developer", pool, developer, "okta-00u1abc")
-    store.set(key, old.encode(), 3600)
+    store.set(key, identity_record(old), 3600)
     params = {
         "IdentityPoolId": pool,
         "Logins": {developer: "okta-00u1abc"},
@@ -549,7 +593,7 @@ def test_a_deleted_developer_identity_is_resolved_again_once(
     credentials = vendors["cognito_developer"].vend(request_for(config, "okta", "okta-00u1abc"))
 
     assert credentials.identity_id == new
-    assert store.get(key) == new.encode()
+    assert store.get(key) == identity_record(new)
 
 
 # -- error translation ---------------------------------------------------------------------

@@ -9,26 +9,28 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from identity.config import (
-    AwsConfig,
+from identity.config.document import (
     BrokerConfig,
-    ChimeConfig,
-    CognitoConfig,
-    GoogleProvider,
-    GuestProvider,
-    InviteConfig,
-    MapConfig,
-    OidcProvider,
-    SamlProvider,
-    ServiceConfig,
-    StsConfig,
-    Timeouts,
     build_config,
     load_config,
     parse_config,
-    user_id_namespaces,
 )
-from identity.errors import ConfigError
+from identity.config.models import (
+    AwsConfig,
+    ChimeConfig,
+    CognitoConfig,
+    MapConfig,
+    ServiceConfig,
+    StsConfig,
+    Timeouts,
+)
+from identity.errors import ConfigError, UnmappableIdentity
+from identity.mapping import build_mappers
+from identity.models import Principal
+from identity.providers.google import GoogleConfig
+from identity.providers.guest import GuestConfig, InviteConfig
+from identity.providers.oidc import OidcConfig
+from identity.providers.saml import SamlConfig
 from tests.fixtures.configs import REMOVE, provider_dict, valid_config_dict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -235,7 +237,7 @@ BROKEN = [
         id="duration-range",
     ),
     pytest.param(
-        variant(("  public_url:", "  max_body: 64KB\n  public_url:")),
+        variant(("  public_url:", "  max_body: 64 kilobytes\n  public_url:")),
         [
             "service.max_body (line 12): expected a size such as '64KiB', '1MiB' "
             "or a number of bytes"
@@ -551,16 +553,16 @@ BROKEN = [
     pytest.param(
         variant(("store: memory://", "store: postgres://db/broker")),
         [
-            "store (line 16): must be memory://, sqlite:///PATH, redis://HOST[:PORT][/DB] "
-            "or rediss://..."
+            "store (line 16): unknown store URL scheme 'postgres': expected one of memory://, "
+            "sqlite://, redis://, rediss://"
         ],
         id="store-scheme",
     ),
     pytest.param(
         variant(("store: memory://", "store: sqlite://broker.db")),
         [
-            "store (line 16): write sqlite:///RELATIVE/PATH or sqlite:////ABSOLUTE/PATH "
-            "(three or four slashes)"
+            "store (line 16): sqlite store URL has a host ('broker.db'); use "
+            "sqlite:///relative/path.db or sqlite:////absolute/path.db"
         ],
         id="store-sqlite-slashes",
     ),
@@ -873,17 +875,17 @@ def test_example_config_loads_with_the_documented_defaults() -> None:
         "guest",
     }
     okta = config.provider("okta")
-    assert isinstance(okta, OidcProvider)
+    assert isinstance(okta, OidcConfig)
     assert okta.leeway == 60
     assert okta.require_nonce is False
     assert okta.audiences == ("0oa1example", "0oa1mobile")
     assert okta.map.require == {"email_verified": True, "groups": {"any_of": ["chat-users"]}}
     guests = config.provider("guests")
-    assert isinstance(guests, GuestProvider)
+    assert isinstance(guests, GuestConfig)
     assert (guests.credential_ttl, guests.user_expiration_days) == (1800, 1)
     assert guests.allow_open_guests is False
     corp = config.provider("corp")
-    assert isinstance(corp, SamlProvider)
+    assert isinstance(corp, SamlConfig)
     assert corp.allow_idp_initiated is False
     assert corp.user_id_template.source == "corp-{name_id|sha256:24}"
     assert config.provider("nobody") is None
@@ -916,7 +918,7 @@ def test_demo_config_loads() -> None:
     assert config.service.public_url == "http://127.0.0.1:8000"
     assert config.service.secret_key is None
     (demo,) = config.providers
-    assert isinstance(demo, OidcProvider)
+    assert isinstance(demo, OidcConfig)
     assert (demo.name, demo.issuer, demo.client_id) == ("demo", "http://127.0.0.1:8001", "demo-spa")
     assert demo.exchange == "cognito_developer"
     assert demo.user_id_template.source == "demo-{sub}"
@@ -974,7 +976,7 @@ def test_env_interpolation_in_any_string() -> None:
     config = parse_config(text, env=env)
     assert config.aws.region == "us-east-1"
     okta = config.provider("okta")
-    assert isinstance(okta, OidcProvider)
+    assert isinstance(okta, OidcConfig)
     assert okta.client_id == "spa-web"
     assert okta.audiences == ("spa-web",)
     assert config.service.allowed_origins == ("https://chat.example.org",)
@@ -1027,7 +1029,7 @@ def test_every_kind_builds_with_its_defaults() -> None:
     config = build_config(valid_config_dict(providers=[provider_dict(k) for k in kinds]))
     by_kind = {p.kind: p for p in config.providers}
     google = by_kind["google"]
-    assert isinstance(google, GoogleProvider)
+    assert isinstance(google, GoogleConfig)
     assert google.issuer == "https://accounts.google.com"
     assert google.jwks_url == "https://www.googleapis.com/oauth2/v3/certs"
     assert google.display_name == "google"
@@ -1178,7 +1180,18 @@ def test_shared_user_ids_need_both_sides() -> None:
     ]
 
 
-def test_namespaces_and_foreign_ids() -> None:
+def _lands_in_namespace(config: BrokerConfig, provider: str, subject: str) -> bool:
+    mapper = build_mappers(config.providers, user_tag=config.chime.user_tag)[provider]
+    principal = Principal(provider=provider, issuer="https://idp", subject=subject,
+                          claims={"sub": subject})
+    try:
+        mapper.map(principal)
+    except UnmappableIdentity:
+        return False
+    return True
+
+
+def test_the_unprefixed_provider_cannot_mint_ids_in_another_namespace() -> None:
     config = build_config(
         valid_config_dict(
             providers=[
@@ -1188,11 +1201,10 @@ def test_namespaces_and_foreign_ids() -> None:
             ]
         )
     )
-    assert user_id_namespaces(config) == {"okta": "okta-", "google": "", "guests": "guest-"}
-    assert config.foreign_namespace("google", "okta-123") == "okta"
-    assert config.foreign_namespace("google", "GUEST-abc") == "guests"
-    assert config.foreign_namespace("google", "1234567890") is None
-    assert config.foreign_namespace("okta", "okta-123") is None
+    assert not _lands_in_namespace(config, "google", "okta-123")
+    assert not _lands_in_namespace(config, "google", "GUEST-abc")
+    assert _lands_in_namespace(config, "google", "1234567890")
+    assert _lands_in_namespace(config, "okta", "123")
 
 
 def test_shared_providers_are_not_foreign_to_each_other() -> None:
@@ -1205,8 +1217,8 @@ def test_shared_providers_are_not_foreign_to_each_other() -> None:
             ]
         )
     )
-    assert config.foreign_namespace("google", "okta-1") is None
-    assert config.foreign_namespace("google", "apple-1") == "apple"
+    assert _lands_in_namespace(config, "google", "okta-1")
+    assert not _lands_in_namespace(config, "google", "apple-1")
 
 
 # -- return_to -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from identity.config import parse_config
+from identity.config.document import parse_config
 from identity.errors import AccessDenied, ConfigError, InternalError, UnmappableIdentity
 from identity.mapping import (
     ClaimMapper,
@@ -512,7 +512,7 @@ GUEST_YAML = """
 
 def mappers_from_yaml(*providers: str) -> dict[str, ClaimMapper]:
     config = parse_config(BASE_YAML + "".join(providers), env={"SECRET": "s" * 40})
-    return build_mappers(config)
+    return build_mappers(config.providers, user_tag=config.chime.user_tag)
 
 
 def test_build_mappers_from_yaml() -> None:

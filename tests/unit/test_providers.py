@@ -7,18 +7,18 @@ from typing import Any
 
 import pytest
 
-from identity.config import BrokerConfig, OidcProvider, build_config
+from identity.config.document import BrokerConfig
 from identity.errors import ConfigError, InvalidToken
+from identity.providers.amazon import AmazonTokenProvider
+from identity.providers.apple import normalise_apple_claims
 from identity.providers.base import TokenProvider
-from identity.providers.oidc import IdTokenProvider, login_key_for_issuer
-from identity.providers.registry import build_token_providers
-from identity.providers.social import (
-    AmazonTokenProvider,
-    FacebookTokenProvider,
-    cognito_user_pool_login_key,
-    google_issuers,
-    normalise_apple_claims,
-)
+from identity.providers.cognito_user_pool import cognito_user_pool_login_key
+from identity.providers.facebook import FacebookTokenProvider
+from identity.providers.google import google_issuers
+from identity.providers.id_token import IdTokenProvider, login_key_for_issuer
+from identity.providers.oidc import OidcConfig
+from tests.fixtures import apps
+from tests.fixtures.providers import built_providers
 
 # Reachable by nothing: a bug that sent a request would fail, not leak.
 NOWHERE = "http://127.0.0.1:9"
@@ -30,21 +30,7 @@ def broker_config(*providers: dict[str, Any], region: str = "us-east-1") -> Brok
     entries = [
         {"exchange": "sts", "map": {"user_id": f"{p['name']}-{{sub}}"}, **p} for p in providers
     ]
-    return build_config(
-        {
-            "aws": {
-                "region": region,
-                "sts": {"role_arn": "arn:aws:iam::111122223333:role/ChatUser"},
-            },
-            "chime": {
-                "app_instance_arn": "arn:aws:chime:us-east-1:111122223333:app-instance/abcd-1234"
-            },
-            "service": {"public_url": "https://auth.example.chat", "secret_key": "k" * 40},
-            "store": "memory://",
-            "providers": entries,
-        },
-        env={},
-    )
+    return apps.broker_config(aws__region=region, providers=entries)
 
 
 EVERY_TOKEN_KIND = (
@@ -62,7 +48,7 @@ EVERY_TOKEN_KIND = (
 
 
 def test_registry_builds_every_token_kind_keyed_by_name() -> None:
-    providers = build_token_providers(broker_config(*EVERY_TOKEN_KIND))
+    providers = built_providers(broker_config(*EVERY_TOKEN_KIND)).token
 
     assert sorted(providers) == ["amazon", "apple", "facebook", "google", "okta", "pool"]
     for name, provider in providers.items():
@@ -88,7 +74,7 @@ def test_registry_leaves_saml_and_guest_providers_to_their_modules() -> None:
         {
             "name": "corp",
             "kind": "saml",
-            "idp_metadata_file": "/etc/chime-broker/corp-idp.xml",
+            "idp_metadata_url": "https://idp.example.com/saml/metadata",
             "sp_entity_id": "https://auth.example.chat/v1/saml/corp/metadata",
             "map": {"user_id": "corp-{name_id}"},
         },
@@ -100,7 +86,7 @@ def test_registry_leaves_saml_and_guest_providers_to_their_modules() -> None:
         },
     )
 
-    assert list(build_token_providers(config)) == ["okta"]
+    assert list(built_providers(config).token) == ["okta"]
 
 
 def test_registry_refuses_an_unknown_kind_naming_its_path() -> None:
@@ -108,23 +94,22 @@ def test_registry_refuses_an_unknown_kind_naming_its_path() -> None:
         {"name": "okta", "kind": "oidc", "issuer": "https://idp.example.com", "client_id": "c"}
     )
     # The config model refuses unknown kinds itself; the registry must not rely on that.
-    ldap = OidcProvider.model_construct(name="dir", kind="ldap")
+    ldap = OidcConfig.model_construct(name="dir", kind="ldap")
     config = config.model_copy(update={"providers": (*config.providers, ldap)})
 
     with pytest.raises(ConfigError) as raised:
-        build_token_providers(config)
+        built_providers(config)
 
-    assert raised.value.problems == ["providers[1].kind: unknown provider kind 'ldap'"]
+    assert raised.value.problems == ["providers[1].kind: unknown kind 'ldap'"]
 
 
 def test_facebook_cannot_require_a_nonce() -> None:
-    config = broker_config({**EVERY_TOKEN_KIND[3], "require_nonce": True})
-
     with pytest.raises(ConfigError) as raised:
-        build_token_providers(config)
+        broker_config({**EVERY_TOKEN_KIND[3], "require_nonce": True})
 
-    (problem,) = raised.value.problems
-    assert problem.startswith("providers[0]: require_nonce: Facebook access tokens carry no nonce")
+    assert raised.value.problems == [
+        "providers[0].require_nonce: a facebook provider has no id token to carry a nonce"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -141,7 +126,7 @@ def test_generic_login_key_is_the_issuer_without_scheme(issuer: str, login_key: 
 
 
 def test_login_keys_of_each_kind() -> None:
-    providers = build_token_providers(broker_config(*EVERY_TOKEN_KIND))
+    providers = built_providers(broker_config(*EVERY_TOKEN_KIND)).token
 
     keys = {name: getattr(p, "login_key", None) for name, p in providers.items()}
     assert keys["okta"] == "example.okta.com/oauth2/default"
@@ -153,7 +138,7 @@ def test_login_keys_of_each_kind() -> None:
 def test_user_pool_login_key_names_the_pools_region_not_the_brokers() -> None:
     pool = {"name": "pool", "kind": "cognito_user_pool", "user_pool_id": "ap-south-1_Zz9",
             "client_ids": ["c"]}  # fmt: skip
-    provider = build_token_providers(broker_config(pool, region="us-east-1"))["pool"]
+    provider = built_providers(broker_config(pool, region="us-east-1")).token["pool"]
 
     assert isinstance(provider, IdTokenProvider)
     assert provider.login_key == "cognito-idp.ap-south-1.amazonaws.com/ap-south-1_Zz9"
@@ -171,7 +156,7 @@ def test_google_accepts_its_issuer_with_and_without_https() -> None:
         "https://accounts.google.com",
         "accounts.google.com",
     )
-    google = build_token_providers(broker_config(EVERY_TOKEN_KIND[1]))["google"]
+    google = built_providers(broker_config(EVERY_TOKEN_KIND[1])).token["google"]
     assert isinstance(google, IdTokenProvider)
     assert google.policy.issuers == ("https://accounts.google.com", "accounts.google.com")
     assert google.policy.audiences == ("1234-web.apps.googleusercontent.com",)
@@ -179,7 +164,7 @@ def test_google_accepts_its_issuer_with_and_without_https() -> None:
 
 def test_oidc_audiences_default_to_the_client_id_and_rs256_is_pinned() -> None:
     okta, listed = (
-        build_token_providers(
+        built_providers(
             broker_config(
                 {"name": "okta", "kind": "oidc", "issuer": "https://idp.example.com",
                  "client_id": "web"},
@@ -187,7 +172,7 @@ def test_oidc_audiences_default_to_the_client_id_and_rs256_is_pinned() -> None:
                  "client_id": "web", "audiences": ["web", "ios"], "leeway": 5,
                  "require_nonce": True},
             )
-        )[name]
+        ).token[name]
         for name in ("okta", "okta2")
     )  # fmt: skip
 
@@ -223,7 +208,7 @@ def test_apple_boolean_claims_are_normalised_strictly(value: object) -> None:
 
 
 def test_each_provider_refuses_the_other_token_type() -> None:
-    providers = build_token_providers(broker_config(*EVERY_TOKEN_KIND))
+    providers = built_providers(broker_config(*EVERY_TOKEN_KIND)).token
 
     with pytest.raises(InvalidToken, match="takes an id_token"):
         providers["okta"].verify_access_token("an-access-token")
@@ -237,7 +222,7 @@ def test_each_provider_refuses_the_other_token_type() -> None:
     ids=["empty", "space", "tab", "newline", "too-long", "non-ascii", "nul"],
 )
 def test_malformed_access_tokens_are_refused_before_any_request(token: str) -> None:
-    providers = build_token_providers(broker_config(*EVERY_TOKEN_KIND))
+    providers = built_providers(broker_config(*EVERY_TOKEN_KIND)).token
     facebook, amazon = providers["facebook"], providers["amazon"]
     assert isinstance(facebook, FacebookTokenProvider)
     assert isinstance(amazon, AmazonTokenProvider)
@@ -249,6 +234,6 @@ def test_malformed_access_tokens_are_refused_before_any_request(token: str) -> N
 
 
 def test_facebook_provider_repr_hides_the_app_secret() -> None:
-    facebook = build_token_providers(broker_config(EVERY_TOKEN_KIND[3]))["facebook"]
+    facebook = built_providers(broker_config(EVERY_TOKEN_KIND[3])).token["facebook"]
 
     assert "s3cret" not in repr(facebook)

@@ -26,6 +26,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from identity.errors import InvalidToken, UpstreamTimeout, UpstreamUnavailable
 from identity.tokens import JwksCache, JwtPolicy, SharedSecret, verify_jwt
+from tests.fakes import FakeClock
 
 ISSUER = "https://issuer.example.test"
 CLIENT_ID = "client-web"
@@ -102,24 +103,6 @@ def key_server() -> Iterator[KeyServer]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-
-class FakeClock:
-    """A monotonic clock that tests move by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture(scope="module")

@@ -18,32 +18,19 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 from urllib.parse import urlencode, urlsplit
 
-import jwt
 import requests
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.requests_client import OAuth2Session
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from pydantic import SecretStr
 
-from identity.config import (
-    AmazonProvider,
-    AppleProvider,
-    BrokerConfig,
-    CognitoUserPoolProvider,
-    FacebookProvider,
-    GoogleProvider,
-    OidcProvider,
-)
 from identity.errors import (
     AccessDenied,
     BrokerError,
-    ConfigError,
     InvalidRequest,
     InvalidToken,
     ReauthenticationRequired,
@@ -52,22 +39,25 @@ from identity.errors import (
 )
 from identity.http import no_answer
 from identity.models import Principal
-from identity.providers.base import RedirectLogin, RedirectProvider, Refreshed, TokenProvider
-from identity.providers.oidc import IdTokenProvider
-from identity.providers.social import google_issuers
+from identity.providers.base import RedirectLogin, Refreshed, TokenProvider
+from identity.providers.id_token import IdTokenProvider
 
 log = logging.getLogger("chime_broker.redirect")
 
 MAX_DISCOVERY_BYTES: Final = 256 * 1024
-# Apple accepts client secrets for up to six months; a day keeps a leaked one short-lived.
-APPLE_CLIENT_SECRET_LIFETIME: Final = 24 * 3600
-APPLE_AUDIENCE: Final = "https://appleid.apple.com"
 _LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 # OAuth errors at the authorization endpoint that mean "the user (or the IdP's policy for
 # this user) said no"; anything else is the provider failing.
 _USER_REFUSALS: Final = frozenset(
-    {"access_denied", "login_required", "consent_required", "interaction_required",
-     "account_selection_required", "user_cancelled_login", "user_cancelled_authorize"}
+    {
+        "access_denied",
+        "login_required",
+        "consent_required",
+        "interaction_required",
+        "account_selection_required",
+        "user_cancelled_login",
+        "user_cancelled_authorize",
+    }
 )
 
 
@@ -143,60 +133,6 @@ class AccessTokenInspection:
 
     def refreshed(self, token: Mapping[str, Any]) -> Principal | None:
         return self.login(token, nonce=None)
-
-
-class AppleClientSecret:
-    """Sign in with Apple's client secret: an ES256 JWT signed with the team's key
-    (``iss`` team id, ``sub`` the services id, ``aud`` Apple), reused until half its life
-    has passed."""
-
-    def __init__(
-        self,
-        *,
-        team_id: str,
-        key_id: str,
-        private_key_pem: str,
-        client_id: str,
-        audience: str = APPLE_AUDIENCE,
-        lifetime: int = APPLE_CLIENT_SECRET_LIFETIME,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        key = load_pem_private_key(private_key_pem.encode(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-            raise ValueError("private_key: Apple's key is an EC P-256 key (a .p8 file)")
-        self._key = key
-        self._team_id = team_id
-        self._key_id = key_id
-        self._client_id = client_id
-        self._audience = audience
-        self._lifetime = lifetime
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._current: tuple[str, float] | None = None
-
-    def __repr__(self) -> str:
-        return f"AppleClientSecret(team_id={self._team_id!r}, key_id={self._key_id!r})"
-
-    def __call__(self) -> str:
-        now = self._clock()
-        with self._lock:
-            if self._current is not None and self._current[1] - now > self._lifetime / 2:
-                return self._current[0]
-            issued = int(now)
-            secret = jwt.encode(
-                {
-                    "iss": self._team_id,
-                    "iat": issued,
-                    "exp": issued + self._lifetime,
-                    "aud": self._audience,
-                    "sub": self._client_id,
-                },
-                self._key,
-                algorithm="ES256",
-                headers={"kid": self._key_id},
-            )
-            self._current = (secret, issued + self._lifetime)
-            return secret
 
 
 class OidcDiscovery:
@@ -277,7 +213,10 @@ def _is_https_or_loopback(url: str) -> bool:
 def _get_json(url: str, what: str, timeouts: tuple[float, float]) -> dict[str, Any]:
     try:
         with requests.get(
-            url, timeout=timeouts, stream=True, allow_redirects=False,
+            url,
+            timeout=timeouts,
+            stream=True,
+            allow_redirects=False,
             headers={"Accept": "application/json"},
         ) as response:
             status = response.status_code
@@ -445,13 +384,18 @@ class CodeFlowProvider:
             try:
                 if grant_type == "refresh_token":
                     token = session.refresh_token(
-                        server.token_endpoint, timeout=self._timeouts, allow_redirects=False,
+                        server.token_endpoint,
+                        timeout=self._timeouts,
+                        allow_redirects=False,
                         **params,
                     )
                 else:
                     token = session.fetch_token(
-                        server.token_endpoint, grant_type=grant_type, timeout=self._timeouts,
-                        allow_redirects=False, **params,
+                        server.token_endpoint,
+                        grant_type=grant_type,
+                        timeout=self._timeouts,
+                        allow_redirects=False,
+                        **params,
                     )
             except AuthlibBaseError as e:
                 raise _token_error(self._name, str(e.error), grant_type) from None
@@ -513,140 +457,20 @@ def _token_error(provider: str, error: str, grant_type: str) -> BrokerError:
     return UpstreamError(f"{provider}: the token endpoint refused the broker", log_detail=detail)
 
 
-# -- construction ------------------------------------------------------------------------
+# -- construction helpers for the kinds --------------------------------------------------
 
 
-def _static_secret(value: Any) -> SecretSource:
+def static_secret(value: SecretStr | None) -> SecretSource:
+    """A client secret that does not change."""
     secret = value.get_secret_value() if value is not None else None
     return lambda: secret
 
 
-def _id_token_verifier(token_provider: TokenProvider | None, client_id: str) -> Verification:
-    if not isinstance(token_provider, IdTokenProvider):
-        raise ValueError("the browser login needs this provider's id-token verifier")
+def id_token_verifier(token_provider: IdTokenProvider, client_id: str) -> Verification:
+    """The id token of a browser login of ``client_id``, through the mobile verifier."""
     return IdTokenVerification(token_provider.for_browser(client_id))
 
 
-def _inspector(token_provider: TokenProvider | None) -> Verification:
-    if token_provider is None or not token_provider.accepts_access_token:
-        raise ValueError("the browser login needs this provider's access-token inspection")
-    return AccessTokenInspection(token_provider)
-
-
-def build_redirect_providers(
-    config: BrokerConfig, token_providers: Mapping[str, TokenProvider]
-) -> dict[str, RedirectProvider]:
-    """A ``CodeFlowProvider`` for every provider entry that has what a browser login needs
-    (google: ``client_secret``; apple: ``team_id``/``key_id``/``private_key``; amazon:
-    ``client_secret``; oidc, cognito_user_pool and facebook: always), keyed by name. The
-    first of ``client_ids`` is the web client. Raises ``ConfigError`` for an unusable
-    Apple key."""
-    built: dict[str, RedirectProvider] = {}
-    problems: list[str] = []
-    timeouts = config.aws.timeouts
-    common = {"connect_timeout": timeouts.connect, "read_timeout": timeouts.read}
-    for index, p in enumerate(config.providers):
-        verifier = token_providers.get(p.name)
-        try:
-            provider = _build_one(p, verifier, common)
-        except ValueError as e:
-            problems.append(f"providers[{index}].{e}")
-            continue
-        if provider is not None:
-            built[p.name] = provider
-    if problems:
-        raise ConfigError(problems)
-    return built
-
-
-def _build_one(
-    p: Any, verifier: TokenProvider | None, common: Mapping[str, float]
-) -> CodeFlowProvider | None:
-    connect, read = common["connect_timeout"], common["read_timeout"]
-    if isinstance(p, OidcProvider):
-        return CodeFlowProvider(
-            name=p.name, kind=p.kind, client_id=p.client_id,
-            client_secret=_static_secret(p.client_secret),
-            scopes=p.scopes if "openid" in p.scopes else ("openid", *p.scopes),
-            server=OidcDiscovery(p.issuer, connect_timeout=connect, read_timeout=read),
-            verification=_id_token_verifier(verifier, p.client_id),
-            connect_timeout=connect, read_timeout=read,
-        )
-    if isinstance(p, CognitoUserPoolProvider):
-        client_id = p.client_ids[0]
-        server: ServerSource
-        if p.authorize_url is not None and p.token_url is not None:
-            server = _fixed(AuthorizationServer(p.authorize_url, p.token_url, (p.issuer,)))
-        else:
-            server = OidcDiscovery(
-                p.issuer, connect_timeout=connect, read_timeout=read,
-                authorization_endpoint=p.authorize_url, token_endpoint=p.token_url,
-            )
-        return CodeFlowProvider(
-            name=p.name, kind=p.kind, client_id=client_id,
-            client_secret=_static_secret(p.client_secret),
-            scopes=("openid", "email", "profile"), server=server,
-            verification=_id_token_verifier(verifier, client_id),
-            connect_timeout=connect, read_timeout=read,
-        )
-    if isinstance(p, GoogleProvider):
-        if p.client_secret is None:
-            return None
-        client_id = p.client_ids[0]
-        return CodeFlowProvider(
-            name=p.name, kind=p.kind, client_id=client_id,
-            client_secret=_static_secret(p.client_secret),
-            scopes=("openid", "email", "profile"),
-            server=_fixed(
-                AuthorizationServer(p.authorize_url, p.token_url, google_issuers(p.issuer))
-            ),
-            verification=_id_token_verifier(verifier, client_id),
-            connect_timeout=connect, read_timeout=read,
-        )
-    if isinstance(p, AppleProvider):
-        if p.team_id is None or p.key_id is None or p.private_key is None:
-            return None
-        client_id = p.client_ids[0]
-        try:
-            secret = AppleClientSecret(
-                team_id=p.team_id, key_id=p.key_id,
-                private_key_pem=p.private_key.get_secret_value(), client_id=client_id,
-                audience=p.issuer,
-            )
-        except ValueError as e:
-            message = str(e) if str(e).startswith("private_key") else "private_key: not a PEM key"
-            raise ValueError(message) from None
-        return CodeFlowProvider(
-            name=p.name, kind=p.kind, client_id=client_id, client_secret=secret,
-            scopes=("name", "email"),
-            server=_fixed(AuthorizationServer(p.authorize_url, p.token_url, (p.issuer,))),
-            verification=_id_token_verifier(verifier, client_id),
-            # Apple posts the answer when names or e-mail are asked for.
-            extra_authorize_params={"response_mode": "form_post"},
-            connect_timeout=connect, read_timeout=read,
-        )
-    if isinstance(p, FacebookProvider):
-        return CodeFlowProvider(
-            name=p.name, kind=p.kind, client_id=p.app_id,
-            client_secret=_static_secret(p.app_secret),
-            scopes=("public_profile", "email"),
-            server=_fixed(AuthorizationServer(p.authorize_url, p.token_url, (p.issuer,))),
-            verification=_inspector(verifier),
-            connect_timeout=connect, read_timeout=read,
-        )
-    if isinstance(p, AmazonProvider):
-        if p.client_secret is None:
-            return None
-        return CodeFlowProvider(
-            name=p.name, kind=p.kind, client_id=p.client_ids[0],
-            client_secret=_static_secret(p.client_secret),
-            scopes=("profile",),
-            server=_fixed(AuthorizationServer(p.authorize_url, p.token_url, (p.issuer,))),
-            verification=_inspector(verifier),
-            connect_timeout=connect, read_timeout=read,
-        )
-    return None
-
-
-def _fixed(server: AuthorizationServer) -> ServerSource:
+def fixed(server: AuthorizationServer) -> ServerSource:
+    """A server whose endpoints are configured, not discovered."""
     return lambda: server

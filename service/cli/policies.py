@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from service.cli.config_file import load_or_exit
+
 FORMATS = ("json", "cloudformation")
 
 
@@ -14,7 +16,6 @@ def cmd_policies(args: argparse.Namespace) -> int:
     """Print every document as one JSON object keyed by document name, or a CloudFormation
     template (JSON) that creates the roles."""
     from identity import policies
-    from service.cli import load_or_exit
 
     config = load_or_exit(args.config)
     output: dict[str, Any]

@@ -1,0 +1,39 @@
+"""The ``chime-broker`` command: ``main()`` assembles one parser from the subcommand modules
+(check, serve, policies, demo), each of which registers its arguments and its function.
+
+Importing the command stays light: ``serve`` configures multi-process metrics before
+prometheus_client is imported, so subcommands import the broker inside their functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from service.cli.check import add_check_parser
+from service.cli.config_file import app_from_environment
+from service.cli.demo import add_demo_parser
+from service.cli.policies import add_policies_parser
+from service.cli.serve import add_serve_parser
+
+__all__ = ["app_from_environment", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chime-broker",
+        description="Chime Identity Broker: identity provider logins to Chime app instance "
+        "user credentials.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_check_parser(subparsers)
+    add_serve_parser(subparsers)
+    add_policies_parser(subparsers)
+    add_demo_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result

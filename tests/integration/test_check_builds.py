@@ -1,0 +1,113 @@
+"""``check`` builds what ``serve`` builds from the config's own files and keys: a config
+that validates but cannot start is refused by ``check``, ``serve`` and ``wsgi.py`` alike,
+with every problem and its YAML path in one report, and never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.configs import SECRET_KEY
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = str(Path(sys.executable).with_name("chime-broker"))
+
+CANNOT_START = """\
+aws:
+  region: us-east-1
+  sts: {{role_arn: "arn:aws:iam::111122223333:role/ChimeUser"}}
+chime: {{app_instance_arn: "arn:aws:chime:us-east-1:111122223333:app-instance/abcd-1234"}}
+service:
+  public_url: https://auth.example.chat
+  secret_key: {secret}
+  allowed_return_to: [https://app.example.chat/]
+store: sqlite:///{missing}/state.db
+providers:
+  - name: apple
+    kind: apple
+    client_ids: [com.example.chat]
+    team_id: ABCDE12345
+    key_id: FGHIJ67890
+    private_key: "-----BEGIN PRIVATE KEY----- not really"
+    exchange: sts
+    map: {{user_id: "apple-{{sub}}"}}
+  - name: corp
+    kind: saml
+    idp_metadata_file: {missing}/corp-idp.xml
+    sp_entity_id: https://auth.example.chat/v1/saml/corp/metadata
+    exchange: sts
+    map: {{user_id: "corp-{{name_id}}"}}
+"""
+
+EXPECTED = [
+    "store (line 9): the directory of the SQLite file does not exist: {missing}",
+    "providers[0].private_key (line 16): not a PEM key",
+    "providers[1].idp_metadata_file (line 21): cannot read {missing}/corp-idp.xml: "
+    "No such file or directory",
+]
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> tuple[Path, list[str]]:
+    missing = tmp_path / "not-there"
+    path = tmp_path / "broker.yaml"
+    path.write_text(CANNOT_START.format(secret=SECRET_KEY, missing=missing))
+    report = [f"{path}: 3 problem(s)", *("  " + e.format(missing=missing) for e in EXPECTED)]
+    return path, report
+
+
+def run(*command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(command),
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def test_check_refuses_every_problem_at_once_with_yaml_paths(
+    config_file: tuple[Path, list[str]],
+) -> None:
+    path, report = config_file
+    result = run(CLI, "check", "--config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-len(report) :] == report
+    assert result.stdout == ""
+
+
+def test_serve_exits_with_the_same_report(config_file: tuple[Path, list[str]]) -> None:
+    path, report = config_file
+    result = run(CLI, "serve", "--config", str(path), "--bind", "127.0.0.1:0", "--workers", "1")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-len(report) :] == report
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_wsgi_exits_with_the_same_report(config_file: tuple[Path, list[str]]) -> None:
+    path, report = config_file
+    result = run(sys.executable, "-c", "import wsgi", env={"BROKER_CONFIG": str(path)})
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-len(report) :] == report
+    assert "Traceback" not in result.stderr
+
+
+def test_a_saml_key_that_is_not_pem_is_found_by_check(tmp_path: Path) -> None:
+    metadata = tmp_path / "idp.xml"
+    metadata.write_text("<not-metadata/>")
+    text = CANNOT_START.format(secret=SECRET_KEY, missing=tmp_path).replace(
+        f"idp_metadata_file: {tmp_path}/corp-idp.xml",
+        f"idp_metadata_file: {metadata}\n    sp_key: not-a-key\n    sp_cert: not-a-cert",
+    )
+    path = tmp_path / "broker.yaml"
+    path.write_text(text)
+    result = run(CLI, "check", "--config", str(path))
+    assert result.returncode == 1
+    assert "  providers[1].sp_key (line 22): not an unencrypted PEM private key" in (
+        result.stderr.splitlines()
+    )
