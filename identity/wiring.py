@@ -83,8 +83,9 @@ def verify(
             mappers = build_mappers(config.providers, user_tag=config.chime.user_tag)
     except ConfigError as exc:
         mapper_problems = exc.problems
-    if problems or mapper_problems:
-        raise ConfigError(config.problems_error(problems).problems + mapper_problems)
+    reported = config.report_problems(problems) + mapper_problems
+    if reported:
+        raise ConfigError(reported)
     return Verified(providers, mappers)
 
 

@@ -33,7 +33,7 @@ from identity.config.models import (
     context_of,
     raise_problems,
 )
-from identity.config.report import Path, Report, model_at
+from identity.config.report import Path, Report, format_path, model_at
 from identity.config.source import Preparer, References, env_resolver, read_yaml
 from identity.config.types import StoreUrl, is_loopback_url
 from identity.errors import ConfigError
@@ -179,16 +179,24 @@ class BrokerConfig(Frozen):
         """The provider called ``name``, if configured."""
         return self._by_name.get(name)
 
-    def problems_error(self, problems: Sequence[Problem]) -> ConfigError:
+    def report_problems(self, problems: Sequence[Problem]) -> list[str]:
         """``problems`` found after validation (building a provider, opening the store),
-        formatted like the validation report, with the YAML lines of their keys."""
+        formatted like the validation report, with the YAML lines of their keys; problems
+        of values that are placeholders (``check --offline``) are left out."""
         report = Report(
             self._report.source if self._report is not None else "<config>",
             self._report.lines if self._report is not None else None,
+            self._report.placeholders if self._report is not None else None,
         )
         for path, message in problems:
             report.add(path, message)
-        return report.error()
+        return report.formatted()
+
+    @property
+    def placeholders(self) -> list[str]:
+        """The key paths whose ``${…}`` reference was left as a placeholder."""
+        held = self._report.placeholders if self._report is not None else set()
+        return sorted(format_path(path) for path in held)
 
     def summary(self) -> str:
         """A few lines for ``chime-broker check``: mode, region, store, providers."""

@@ -33,19 +33,28 @@ class Report:
     """Collects problems with their paths; formats them with line numbers at the end.
 
     ``lines`` maps key paths to YAML lines, ``interpolated`` holds the paths whose value
-    came from a ``${…}`` reference (never echoed: it may be a secret), and ``unresolved``
-    the paths whose reference failed (no other problem of theirs is worth naming).
+    came from a ``${…}`` reference (never echoed: it may be a secret), ``unresolved``
+    the paths whose reference failed (no other problem of theirs is worth naming), and
+    ``placeholders`` the paths whose reference was left as a placeholder (``check
+    --offline``): no problem of theirs is reported.
     """
 
-    def __init__(self, source: str, lines: Mapping[Path, int] | None = None) -> None:
+    def __init__(
+        self,
+        source: str,
+        lines: Mapping[Path, int] | None = None,
+        placeholders: set[Path] | None = None,
+    ) -> None:
         self.source = source
         self.lines: dict[Path, int] = dict(lines or {})
         self.interpolated: set[Path] = set()
         self.problems: list[tuple[Path, str]] = []
         self.unresolved: set[Path] = set()
+        self.placeholders: set[Path] = set(placeholders or ())
 
     def add(self, path: Path, message: str) -> None:
-        if not any(path[:end] in self.unresolved for end in range(len(path), 0, -1)):
+        hidden = self.unresolved | self.placeholders
+        if not any(path[:end] in hidden for end in range(len(path), 0, -1)):
             self.problems.append((path, message))
 
     def add_unresolved(self, path: Path, message: str) -> None:

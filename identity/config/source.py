@@ -222,6 +222,7 @@ class Preparer:
                 return resolver(argument)
             except Unresolved as exc:
                 if references.placeholders:
+                    self.report.placeholders.add(path)
                     return placeholder(scheme, argument)
                 self.report.add_unresolved(path, exc.message)
                 return ""

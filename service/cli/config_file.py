@@ -26,17 +26,22 @@ def exit_with_report(source: str, error: ConfigError) -> NoReturn:
     raise SystemExit(1)
 
 
-def load_or_exit(path: str) -> BrokerConfig:
+def load_or_exit(path: str, *, offline: bool = False) -> BrokerConfig:
     """The config at ``path``, validated, with every provider and the store's location
     checked as start-up builds them (``identity.wiring.verify``); no IdP or AWS is
-    contacted. Problems are reported on stderr and the process exits with status 1."""
+    contacted. Problems are reported on stderr and the process exits with status 1.
+
+    ``offline``: references that cannot be resolved here (a secret that only production
+    has) stand in as placeholders, and nothing that depends on their value is checked."""
     from identity.config.document import load_config
+    from identity.config.source import References, env_resolver
     from identity.errors import ConfigError
     from identity.wiring import verify
     from service.endpoints import Endpoints
 
+    references = References({"env": env_resolver(os.environ)}, placeholders=offline)
     try:
-        config = load_config(path)
+        config = load_config(path, references=references)
         verify(config, Endpoints(config.service.public_url))
     except ConfigError as e:
         exit_with_report(path, e)

@@ -17,7 +17,7 @@ def cmd_policies(args: argparse.Namespace) -> int:
     template (JSON) that creates the roles."""
     from identity import policies
 
-    config = load_or_exit(args.config)
+    config = load_or_exit(args.config, offline=args.offline)
     output: dict[str, Any]
     try:
         if args.format == "cloudformation":
@@ -46,6 +46,11 @@ def add_policies_parser(subparsers: argparse._SubParsersAction[argparse.Argument
     )
     parser.add_argument("--config", required=True)
     parser.add_argument("--format", choices=FORMATS, default="json")
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="treat ${env:...} references that are not set as placeholders",
+    )
     parser.add_argument(
         "--server-role-arn",
         default=None,

@@ -4,6 +4,7 @@ with every problem and its YAML path in one report, and never a traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from service.cli import main
 from tests.fixtures.configs import SECRET_KEY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,3 +113,81 @@ def test_a_saml_key_that_is_not_pem_is_found_by_check(tmp_path: Path) -> None:
     assert "  providers[1].sp_key (line 22): not an unencrypted PEM private key" in (
         result.stderr.splitlines()
     )
+
+
+OFFLINE = """\
+aws:
+  region: {region}
+  sts: {{role_arn: "arn:aws:iam::111122223333:role/ChimeUser"}}
+chime: {{app_instance_arn: "arn:aws:chime:us-east-1:111122223333:app-instance/abcd-1234"}}
+service:
+  public_url: https://auth.example.chat
+  secret_key: ${{env:CI_HAS_NO_SECRET_KEY}}
+store: memory://
+providers:
+  - name: apple
+    kind: apple
+    client_ids: [com.example.chat]
+    team_id: ABCDE12345
+    key_id: FGHIJ67890
+    private_key: ${{env:CI_HAS_NO_APPLE_KEY}}
+    exchange: sts
+    map: {{user_id: "apple-{{sub}}"}}
+"""
+
+
+@pytest.fixture
+def secretless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("CI_HAS_NO_SECRET_KEY", raising=False)
+    monkeypatch.delenv("CI_HAS_NO_APPLE_KEY", raising=False)
+    path = tmp_path / "broker.yaml"
+    path.write_text(OFFLINE.format(region="us-east-1"))
+    return path
+
+
+def test_check_without_the_secrets_names_each_missing_one(
+    secretless: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["check", "--config", str(secretless)])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        "  service.secret_key (line 7): environment variable 'CI_HAS_NO_SECRET_KEY' is not set",
+        "  providers[0].private_key (line 15): environment variable 'CI_HAS_NO_APPLE_KEY' "
+        "is not set",
+    ]
+
+
+def test_check_offline_takes_missing_secrets_as_placeholders(
+    secretless: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "--offline", "--config", str(secretless)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{secretless}: ok\n")
+    assert out.rstrip().endswith(
+        "offline: not resolved, and not checked beyond their syntax: "
+        "providers[0].private_key, service.secret_key"
+    )
+
+
+def test_check_offline_still_reports_everything_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CI_HAS_NO_SECRET_KEY", raising=False)
+    monkeypatch.delenv("CI_HAS_NO_APPLE_KEY", raising=False)
+    path = tmp_path / "broker.yaml"
+    path.write_text(OFFLINE.format(region="mars-north-1x"))
+    with pytest.raises(SystemExit) as exited:
+        main(["check", "--offline", "--config", str(path)])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        "  aws.region (line 2): 'mars-north-1x' is not an AWS region such as 'us-east-1'"
+    ]
+
+
+def test_policies_offline_prints_the_documents(
+    secretless: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["policies", "--offline", "--config", str(secretless)]) == 0
+    documents = json.loads(capsys.readouterr().out)
+    assert documents
