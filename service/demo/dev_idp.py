@@ -461,7 +461,7 @@ class DevIdentityProvider:
             self._thread = threading.Thread(
                 target=self._http.serve_forever,
                 # A short poll keeps stop() (which waits for the next poll) quick.
-                kwargs={"poll_interval": 0.05},
+                kwargs={"poll_interval": 0.01},
                 name=f"dev-idp-{self._port}",
                 daemon=True,
             )

@@ -191,3 +191,17 @@ def test_policies_offline_prints_the_documents(
     assert main(["policies", "--offline", "--config", str(secretless)]) == 0
     documents = json.loads(capsys.readouterr().out)
     assert documents
+
+
+def test_demo_reports_a_broken_config_like_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "demo.yaml"
+    path.write_text((REPO / "config" / "demo.yaml").read_text() + "unknown_section: {}\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--config", str(path), "--port", "0", "--idp-port", "0"])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"{path}: 1 problem(s)"
+    assert err[1].startswith("  unknown_section (line ")
+    assert err[1].endswith("): unknown key")
