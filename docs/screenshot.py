@@ -48,8 +48,16 @@ def main() -> None:
     port, idp_port = 8000, 8001
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
-    command = [sys.executable, "-m", "service.cli", "demo", "--port", str(port),
-               "--idp-port", str(idp_port)]
+    command = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "demo",
+        "--port",
+        str(port),
+        "--idp-port",
+        str(idp_port),
+    ]
     with tempfile.TemporaryDirectory() as workdir:
         child = subprocess.Popen(
             command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

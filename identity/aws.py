@@ -18,9 +18,10 @@ if TYPE_CHECKING:
     from types_boto3_chime_sdk_identity.client import ChimeSDKIdentityClient
     from types_boto3_chime_sdk_messaging.client import ChimeSDKMessagingClient
     from types_boto3_cognito_identity.client import CognitoIdentityClient
+    from types_boto3_iam.client import IAMClient
     from types_boto3_sts.client import STSClient
 
-Service = Literal["cognito-identity", "sts", "chime-sdk-identity", "chime-sdk-messaging"]
+Service = Literal["cognito-identity", "sts", "chime-sdk-identity", "chime-sdk-messaging", "iam"]
 SERVICES: tuple[Service, ...] = get_args(Service)
 
 _ClientT = TypeVar("_ClientT", bound=BaseClient)
@@ -72,6 +73,12 @@ class AwsClients:
     def sts(self) -> STSClient:
         return self._client(
             "sts", lambda: self._session.client("sts", config=self._botocore_config)
+        )
+
+    @property
+    def iam(self) -> IAMClient:
+        return self._client(
+            "iam", lambda: self._session.client("iam", config=self._botocore_config)
         )
 
     @property

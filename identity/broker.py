@@ -369,13 +369,19 @@ class Broker:
         return record
 
     def _cache_key(self, session_token: str, provider_cfg: ProviderBase, user: MappedUser) -> str:
+        return self.session_cache_key(token_hash(session_token), provider_cfg, user)
+
+    def session_cache_key(
+        self, session_hash: str, provider_cfg: ProviderBase, user: MappedUser
+    ) -> str:
+        """The credential cache key of the session whose token hashes to ``session_hash``."""
         role = (
             getattr(provider_cfg, "role_arn", None)
             or getattr(provider_cfg, "custom_role_arn", None)
             or (self.config.aws.sts.role_arn if self.config.aws.sts else "")
         )
         return self.credential_cache.key(
-            session=token_hash(session_token),
+            session=session_hash,
             provider=provider_cfg.name,
             user_id=user.user_id,
             tags=user.tags,

@@ -15,6 +15,7 @@ from typing import Any, Final, Literal
 from pydantic import Field, TypeAdapter
 
 from identity.records import StoredRecord, read_record
+from identity.revocation import Revocations, SessionIndex
 from identity.sealing import Sealer, token_hash
 from identity.store import Store
 
@@ -59,11 +60,15 @@ class SessionManager:
         self._store = store
         self._sealer = sealer
         self._clock = clock
+        self.revocations = Revocations(store, sealer)
+        self.index = SessionIndex(store, sealer, clock=clock)
 
     def create(self, record: SessionRecord) -> str:
         """Store ``record`` under a new random token and return the token."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        self._write(token_hash(token), record)
+        key = token_hash(token)
+        self._write(key, record)
+        self.index.add(record.provider, record.user_id, key, record.created_at, record.expires_at)
         return token
 
     def find(self, token: str | None) -> SessionRecord | None:
@@ -78,6 +83,8 @@ class SessionManager:
         record = read_record(_SESSION, self._sealer.open(sealed, context=_KEY_PREFIX + key))
         if record is None or record.expires_at <= self._clock():
             return None
+        if self.revocations.covers(record.provider, record.user_id, record.created_at):
+            return None
         return record
 
     def update(self, token: str, record: SessionRecord) -> None:
@@ -87,7 +94,23 @@ class SessionManager:
         """End the session; True when there was one."""
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 128:
             return False
-        return self._store.get_and_delete(_KEY_PREFIX + token_hash(token)) is not None
+        key = token_hash(token)
+        sealed = self._store.get_and_delete(_KEY_PREFIX + key)
+        if sealed is None:
+            return False
+        record = read_record(_SESSION, self._sealer.open(sealed, context=_KEY_PREFIX + key))
+        if record is not None:
+            self.index.remove(record.provider, record.user_id, [key])
+        return True
+
+    def end_by_hash(self, session_hash: str) -> SessionRecord | None:
+        """End the session stored under ``session_hash`` (a token's hash, as the per-user
+        index lists it) without touching the index; the ended record, or None."""
+        sealed = self._store.get_and_delete(_KEY_PREFIX + session_hash)
+        if sealed is None:
+            return None
+        context = _KEY_PREFIX + session_hash
+        return read_record(_SESSION, self._sealer.open(sealed, context=context))
 
     def _write(self, key: str, record: SessionRecord) -> None:
         ttl = record.expires_at - self._clock()

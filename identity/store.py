@@ -21,7 +21,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -49,6 +49,11 @@ class Store(Protocol):
 
     def get(self, key: str) -> bytes | None:
         """The value of ``key``, or None when absent or expired."""
+        ...
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of ``keys`` in order (None where absent or expired), read in one
+        round trip to the backend."""
         ...
 
     def set(self, key: str, value: bytes, ttl: float) -> None:
@@ -147,6 +152,11 @@ class MemoryStore:
     def get(self, key: str) -> bytes | None:
         with self._lock:
             return self._live(key, time.monotonic())
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        with self._lock:
+            now = time.monotonic()
+            return [self._live(key, now) for key in keys]
 
     def set(self, key: str, value: bytes, ttl: float) -> None:
         _check_value(value)
@@ -334,6 +344,19 @@ class SqliteStore:
             ).fetchone()
         return None if row is None else bytes(row[0])
 
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        wanted = list(dict.fromkeys(keys))
+        marks = ",".join("?" * len(wanted))
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT key, value FROM broker_state WHERE key IN ({marks}) AND expires_at > ?",  # noqa: S608 (placeholders only)
+                (*wanted, time.time()),
+            ).fetchall()
+        found = {key: bytes(value) for key, value in rows}
+        return [found.get(key) for key in keys]
+
     def set(self, key: str, value: bytes, ttl: float) -> None:
         _check_value(value)
         _check_ttl(ttl)
@@ -454,6 +477,13 @@ class RedisStore:
         with self._errors():
             value = self._client.get(_REDIS_PREFIX + key)
         return _reply_bytes(value)
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        with self._errors():
+            values = self._client.mget([_REDIS_PREFIX + key for key in keys])
+        return [_reply_bytes(value) for value in values]
 
     def set(self, key: str, value: bytes, ttl: float) -> None:
         _check_value(value)

@@ -149,6 +149,7 @@ def init_app(app: Flask) -> None:
         }
         if started is not None:
             fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        access.info("%s %s %s", request.method, request.path, response.status_code,
-                    extra={"fields": fields})
+        access.info(
+            "%s %s %s", request.method, request.path, response.status_code, extra={"fields": fields}
+        )
         return response

@@ -9,6 +9,7 @@ import pytest
 pytest_plugins = [
     "tests.fixtures.redis_server",
     "tests.fixtures.moto_server",
+    "tests.fixtures.pool_proxy",
     "tests.fixtures.oidc_provider",
     "tests.fixtures.saml_idp",
     "tests.fixtures.apps",

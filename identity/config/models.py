@@ -96,6 +96,7 @@ class CognitoConfig(Frozen):
     identity_pool_id: IdentityPoolId
     developer_provider_name: DeveloperProviderName | None = None
     token_duration: int = Field(300, ge=1, le=86400)
+    role_arn: RoleArn | None = None
 
     @property
     def region(self) -> str:

@@ -160,6 +160,12 @@ class SamlProvider(Protocol):
         the user), ``PayloadTooLarge`` or ``UpstreamUnavailable``."""
         ...
 
+    def check_assertion(self, saml_response_b64: str) -> Principal:
+        """For a dry run (``chime-broker explain``): every check of ``finish`` that needs
+        no login transaction (signature, issuer, audience, destination, recipient, times),
+        with neither InResponseTo nor one-time use checked and nothing stored."""
+        ...
+
     def metadata(self) -> str:
         """The SP metadata XML (entity id, ACS URL from ``service.public_url``)."""
         ...

@@ -322,13 +322,7 @@ class SamlServiceProvider:
         string; several or none: a list; a Name wins over an equal FriendlyName); the
         session ends at SessionNotOnOrAfter, else at the confirmation's NotOnOrAfter.
         """
-        if not isinstance(saml_response_b64, str):
-            raise InvalidToken("malformed SAML response", log_detail="SAMLResponse is not text")
-        if len(saml_response_b64) > MAX_SAML_RESPONSE_BYTES:
-            raise PayloadTooLarge(
-                "SAML response too large",
-                log_detail=f"SAMLResponse of {len(saml_response_b64)} bytes",
-            )
+        _check_size(saml_response_b64)
         if request_id is None and not self.allow_idp_initiated:
             raise InvalidToken(
                 "unsolicited response",
@@ -336,8 +330,23 @@ class SamlServiceProvider:
             )
         if request_id is not None and not relay_state:
             raise InvalidToken("missing RelayState", log_detail="solicited response without it")
+        response, idp = self._validated(saml_response_b64, request_id)
+        confirmed_until = self._check_binding(response.document, request_id)
+        principal = self._principal(response, idp, confirmed_until)
+        assertion = response.document.xpath("/samlp:Response/saml:Assertion", namespaces=_NS)[0]
+        self._accept_once(assertion.get("ID", ""), self._replay_window(assertion, confirmed_until))
+        return principal
 
-        encoded, document = _decode(saml_response_b64)
+    def check_assertion(self, saml_response_b64: str) -> Principal:
+        """``finish`` for a dry run (``explain``): no InResponseTo check, nothing marked used."""
+        _check_size(saml_response_b64)
+        response, idp = self._validated(saml_response_b64, None)
+        confirmed_until = self._check_binding(response.document, None, dry_run=True)
+        return self._principal(response, idp, confirmed_until)
+
+    def _validated(self, value: str, request_id: str | None) -> tuple[_Response, _IdpContext]:
+        """The response checked in strict mode, and the IdP metadata it was checked with."""
+        encoded, document = _decode(value)
         _check_structure(document)
         _check_status(document)
 
@@ -355,9 +364,10 @@ class SamlServiceProvider:
             raise InvalidToken(
                 "SAML response not accepted", log_detail=f"python3-saml: {_excerpt(e)}"
             ) from e
+        return response, idp
 
-        root = response.document
-        confirmed_until = self._check_binding(root, request_id)
+    def _principal(self, response: _Response, idp: _IdpContext, confirmed_until: int) -> Principal:
+        """Who the validated ``response`` names, read through python3-saml's getters."""
         try:
             name_id = response.get_nameid_data()
             session_index = response.get_session_index()
@@ -373,10 +383,6 @@ class SamlServiceProvider:
         subject = name_id.get("Value")
         if not isinstance(subject, str) or not subject:
             raise InvalidToken("assertion names no subject", log_detail="empty NameID")
-
-        assertion = root.xpath("/samlp:Response/saml:Assertion", namespaces=_NS)[0]
-        self._accept_once(assertion.get("ID", ""), self._replay_window(assertion, confirmed_until))
-
         claims = _claims(by_name, by_friendly_name)
         claims["name_id"] = subject
         if name_id.get("Format"):
@@ -391,11 +397,13 @@ class SamlServiceProvider:
             token_expires_at=datetime.fromtimestamp(session_until or confirmed_until, UTC),
         )
 
-    def _check_binding(self, root: etree._Element, request_id: str | None) -> int:
-        """The checks python3-saml leaves loose; returns the accepted bearer
-        confirmation's NotOnOrAfter (Unix time)."""
+    def _check_binding(
+        self, root: etree._Element, request_id: str | None, *, dry_run: bool = False
+    ) -> int:
+        """The checks python3-saml leaves loose (InResponseTo not in a ``dry_run``); returns
+        the accepted bearer confirmation's NotOnOrAfter (Unix time)."""
         in_response_to = root.get("InResponseTo")
-        if in_response_to != request_id:
+        if in_response_to != request_id and not dry_run:
             if request_id is not None and in_response_to is None:
                 raise InvalidToken(
                     "unsolicited response",
@@ -436,7 +444,7 @@ class SamlServiceProvider:
             not_on_or_after = data.get("NotOnOrAfter")
             if (
                 data.get("Recipient") == self.acs_url
-                and data.get("InResponseTo") == request_id
+                and (dry_run or data.get("InResponseTo") == request_id)
                 and not_on_or_after is not None
             ):
                 until = _saml_time(not_on_or_after)
@@ -553,6 +561,15 @@ class SamlServiceProvider:
 
 
 # ---------------------------------------------------------------------- checks
+
+
+def _check_size(value: object) -> None:
+    """Refuse a SAMLResponse that is not text or is over 1 MiB."""
+    if not isinstance(value, str):
+        raise InvalidToken("malformed SAML response", log_detail="SAMLResponse is not text")
+    if len(value) > MAX_SAML_RESPONSE_BYTES:
+        size = f"SAMLResponse of {len(value)} bytes"
+        raise PayloadTooLarge("SAML response too large", log_detail=size)
 
 
 def _decode(value: str) -> tuple[str, etree._Element]:

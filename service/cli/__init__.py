@@ -1,5 +1,6 @@
 """The ``chime-broker`` command: ``main()`` assembles one parser from the subcommand modules
-(check, serve, policies, demo), each of which registers its arguments and its function.
+(check, serve, policies, demo, plan, apply, explain, ...), each of which registers its arguments
+and its function.
 
 Importing the command stays light: ``serve`` configures multi-process metrics before
 prometheus_client is imported, so subcommands import the broker inside their functions.
@@ -13,8 +14,11 @@ from collections.abc import Sequence
 from service.cli.check import add_check_parser
 from service.cli.config_file import app_from_environment
 from service.cli.demo import add_demo_parser
+from service.cli.explain import add_explain_parser
 from service.cli.policies import add_policies_parser
+from service.cli.pool import add_pool_parsers
 from service.cli.serve import add_serve_parser
+from service.cli.sessions import add_sessions_parser
 
 __all__ = ["app_from_environment", "build_parser", "main"]
 
@@ -30,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(subparsers)
     add_policies_parser(subparsers)
     add_demo_parser(subparsers)
+    add_pool_parsers(subparsers)
+    add_sessions_parser(subparsers)
+    add_explain_parser(subparsers)
     return parser
 
 

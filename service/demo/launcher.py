@@ -31,10 +31,18 @@ if TYPE_CHECKING:
     from service.demo.dev_idp import DevIdentityProvider
 
 DEMO_USERS: Mapping[str, Mapping[str, Any]] = {
-    "ada": {"name": "Ada Lovelace", "email": "ada@example.com", "email_verified": True,
-            "groups": ["chat-users"]},
-    "grace": {"name": "Grace Hopper", "email": "grace@example.com", "email_verified": True,
-              "groups": ["chat-users", "admins"]},
+    "ada": {
+        "name": "Ada Lovelace",
+        "email": "ada@example.com",
+        "email_verified": True,
+        "groups": ["chat-users"],
+    },
+    "grace": {
+        "name": "Grace Hopper",
+        "email": "grace@example.com",
+        "email_verified": True,
+        "groups": ["chat-users", "admins"],
+    },
 }
 
 
@@ -50,7 +58,7 @@ def _base_url(host: str, port: int) -> str:
 def _moved(value: str, old: str, new: str) -> str:
     """``value`` with the origin ``old`` replaced by ``new`` when it is, or starts, a URL there."""
     if value == old or value.startswith(old + "/"):
-        return new + value[len(old):]
+        return new + value[len(old) :]
     return value
 
 

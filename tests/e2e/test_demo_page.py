@@ -202,7 +202,11 @@ def test_the_same_journey_from_an_spa_served_on_a_second_origin(
     # auth.example.chat are (the SameSite=Lax session cookie needs that).
     spa = spa_server()
     broker = broker_with_corp_login(
-        live_broker, aws, oidc_provider, mode="production", origins=[spa.origin],
+        live_broker,
+        aws,
+        oidc_provider,
+        mode="production",
+        origins=[spa.origin],
         cache_credentials=False,
     )
     spa.broker_url = broker.url
@@ -381,13 +385,22 @@ def running_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDe
     workdir = tmp_path_factory.mktemp("demo")
     port, idp_port = _free_port(), _free_port()
     demo = RunningDemo(
-        url=f"http://127.0.0.1:{port}", idp=f"http://127.0.0.1:{idp_port}",
+        url=f"http://127.0.0.1:{port}",
+        idp=f"http://127.0.0.1:{idp_port}",
         log=workdir / "demo.out",
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
     env["PYTHONUNBUFFERED"] = "1"
-    command = [sys.executable, "-m", "service.cli", "demo", "--port", str(port),
-               "--idp-port", str(idp_port)]
+    command = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "demo",
+        "--port",
+        str(port),
+        "--idp-port",
+        str(idp_port),
+    ]
     with demo.log.open("w") as log:
         child = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env

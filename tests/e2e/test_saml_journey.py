@@ -65,9 +65,7 @@ def saml_world(
     try:
         idp.sso_user = ADA
         spa = spa_server()
-        broker = live_broker(
-            lambda url: broker_config(url, aws=aws, idp=idp, page_url=spa.url)
-        )
+        broker = live_broker(lambda url: broker_config(url, aws=aws, idp=idp, page_url=spa.url))
         spa.broker_url = broker.url
         yield World(broker=broker, idp=idp, spa=spa)
     finally:
@@ -119,7 +117,9 @@ def test_a_person_signs_in_through_the_saml_idp_and_sees_their_chime_user(
     pre_login = cookie(demo_page.tab, world.broker.url, PRE_LOGIN_COOKIE)
     assert pre_login is not None
     assert (pre_login["sameSite"], pre_login["secure"], pre_login["httpOnly"]) == (
-        "None", True, True
+        "None",
+        True,
+        True,
     )
     session = cookie(demo_page.tab, world.broker.url, COOKIE)
     assert session is not None
@@ -141,8 +141,11 @@ def test_a_native_app_finishes_the_same_saml_login_with_a_one_time_code(
     world = saml_world
     verifier = secrets.token_urlsafe(48)
     login_url = f"{world.broker.url}/v1/login/corp?" + urlencode(
-        {"return_to": f"{NATIVE}/done", "code_challenge": s256(verifier),
-         "code_challenge_method": "S256"}
+        {
+            "return_to": f"{NATIVE}/done",
+            "code_challenge": s256(verifier),
+            "code_challenge_method": "S256",
+        }
     )
     # The system browser: the IdP's page posts to the ACS, which hands the app its code.
     with page.expect_response(lambda r: r.url == world.acs_url) as answered:

@@ -36,7 +36,12 @@ PREFIXES = {"corp": "corp-", "google": "google-", "facebook": "fb-", "legacy": "
 CHAT_USER = {"email_verified": True, "groups": ["staff", "chat-users"]}
 # The AssumeRole parameters besides the tags: nothing else (no policy, no transitive keys).
 ASSUME_ROLE_PARAMS = {
-    "Action", "Version", "RoleArn", "RoleSessionName", "SourceIdentity", "DurationSeconds",
+    "Action",
+    "Version",
+    "RoleArn",
+    "RoleSessionName",
+    "SourceIdentity",
+    "DurationSeconds",
 }
 
 
@@ -51,21 +56,50 @@ def provider_entries(
     idp.register_client(CLIENT_ID)
     idp.register_client(LEGACY_CLIENT_ID)
     return [
-        {"name": "corp", "kind": "oidc", "issuer": idp.issuer, "client_id": CLIENT_ID,
-         "exchange": mode,
-         "map": {"user_id": "corp-{sub}", "display_name": "{name}",
-                 "tags": {"department": "{dept}"},
-                 "require": {"email_verified": True, "groups": {"any_of": ["chat-users"]}}}},
-        {"name": "google", "kind": "google", "client_ids": [CLIENT_ID],
-         "issuer": idp.issuer, "jwks_url": idp.url("/jwks"), "exchange": mode,
-         "map": {"user_id": "google-{sub}", "tags": {"department": "{dept}"}}},
-        {"name": "facebook", "kind": "facebook", "app_id": FACEBOOK_APP_ID,
-         "app_secret": FACEBOOK_APP_SECRET, "debug_token_url": facebook.debug_token_url,
-         "userinfo_url": facebook.userinfo_url, "exchange": mode,
-         "map": {"user_id": "fb-{sub}", "display_name": "{name}",
-                 "tags": {"profile_name": "{name}"}}},
-        {"name": "legacy", "kind": "oidc", "issuer": idp.issuer, "client_id": LEGACY_CLIENT_ID,
-         "exchange": mode, "map": {"user_id": "{sub}"}},
+        {
+            "name": "corp",
+            "kind": "oidc",
+            "issuer": idp.issuer,
+            "client_id": CLIENT_ID,
+            "exchange": mode,
+            "map": {
+                "user_id": "corp-{sub}",
+                "display_name": "{name}",
+                "tags": {"department": "{dept}"},
+                "require": {"email_verified": True, "groups": {"any_of": ["chat-users"]}},
+            },
+        },
+        {
+            "name": "google",
+            "kind": "google",
+            "client_ids": [CLIENT_ID],
+            "issuer": idp.issuer,
+            "jwks_url": idp.url("/jwks"),
+            "exchange": mode,
+            "map": {"user_id": "google-{sub}", "tags": {"department": "{dept}"}},
+        },
+        {
+            "name": "facebook",
+            "kind": "facebook",
+            "app_id": FACEBOOK_APP_ID,
+            "app_secret": FACEBOOK_APP_SECRET,
+            "debug_token_url": facebook.debug_token_url,
+            "userinfo_url": facebook.userinfo_url,
+            "exchange": mode,
+            "map": {
+                "user_id": "fb-{sub}",
+                "display_name": "{name}",
+                "tags": {"profile_name": "{name}"},
+            },
+        },
+        {
+            "name": "legacy",
+            "kind": "oidc",
+            "issuer": idp.issuer,
+            "client_id": LEGACY_CLIENT_ID,
+            "exchange": mode,
+            "map": {"user_id": "{sub}"},
+        },
     ]
 
 
@@ -123,8 +157,9 @@ def login(
 
 
 def expected_tags(provider: str, user_id: str, **claims: Any) -> dict[str, str]:
-    extra = {"facebook": {"profile_name": claims.get("name", "Ada Lovelace")},
-             "legacy": {}}.get(provider, {"department": claims.get("dept", "Research")})
+    extra = {"facebook": {"profile_name": claims.get("name", "Ada Lovelace")}, "legacy": {}}.get(
+        provider, {"department": claims.get("dept", "Research")}
+    )
     return {USER_TAG: user_id, **extra}
 
 
@@ -132,7 +167,7 @@ def arn_user_id(body: dict[str, Any], aws: AwsWorld) -> str:
     prefix = f"{aws.app_instance_arn}/user/"
     arn = body["app_instance_user_arn"]
     assert arn.startswith(prefix)
-    return str(arn[len(prefix):])
+    return str(arn[len(prefix) :])
 
 
 def assert_granted(response: Any, provider: str, user_id: str) -> dict[str, Any]:
@@ -168,7 +203,10 @@ def assert_refused(response: Any, status: int, code: str, aws: AwsWorld, mention
 
 @pytest.mark.parametrize("provider", SOCIAL_AND_OIDC)
 def test_sts_assumes_the_user_role_with_the_users_tags(
-    provider: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    provider: str,
+    aws: AwsWorld,
+    oidc_provider: DevIdentityProvider,
+    facebook_api: FacebookApi,
     broker_client: BrokerClient,
 ) -> None:
     client = broker_client(provider_entries("sts", oidc_provider, facebook_api))
@@ -194,7 +232,10 @@ def test_sts_assumes_the_user_role_with_the_users_tags(
 
 @pytest.mark.parametrize("provider", SOCIAL_AND_OIDC)
 def test_cognito_developer_vouches_for_the_user_with_principal_tags(
-    provider: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    provider: str,
+    aws: AwsWorld,
+    oidc_provider: DevIdentityProvider,
+    facebook_api: FacebookApi,
     broker_client: BrokerClient,
 ) -> None:
     client = broker_client(provider_entries("cognito_developer", oidc_provider, facebook_api))
@@ -205,7 +246,8 @@ def test_cognito_developer_vouches_for_the_user_with_principal_tags(
     body = assert_granted(response, provider, user_id)
     assert body["identity_id"].startswith(f"{aws.region}:")
     assert aws.recorder.operations() == [
-        "GetOpenIdTokenForDeveloperIdentity", "GetCredentialsForIdentity",
+        "GetOpenIdTokenForDeveloperIdentity",
+        "GetCredentialsForIdentity",
     ]
     [developer] = aws.recorder.calls("GetOpenIdTokenForDeveloperIdentity")
     assert developer == {
@@ -221,14 +263,21 @@ def test_cognito_developer_vouches_for_the_user_with_principal_tags(
     assert_token_never_left_the_broker(aws, token)
 
 
-@pytest.mark.parametrize(("token_duration", "expected"), [(TOKEN_DURATION, TOKEN_DURATION),
-                                                          (None, 300)])
+@pytest.mark.parametrize(
+    ("token_duration", "expected"), [(TOKEN_DURATION, TOKEN_DURATION), (None, 300)]
+)
 def test_developer_token_duration_is_the_configured_one(
-    token_duration: int | None, expected: int, aws: AwsWorld, broker_client: BrokerClient,
-    oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    token_duration: int | None,
+    expected: int,
+    aws: AwsWorld,
+    broker_client: BrokerClient,
+    oidc_provider: DevIdentityProvider,
+    facebook_api: FacebookApi,
 ) -> None:
-    client = broker_client(provider_entries("cognito_developer", oidc_provider, facebook_api),
-                           token_duration=token_duration)
+    client = broker_client(
+        provider_entries("cognito_developer", oidc_provider, facebook_api),
+        token_duration=token_duration,
+    )
     response, _ = login(client, "corp", "ada", oidc_provider, facebook_api)
     assert_granted(response, "corp", "corp-ada")
     [developer] = aws.recorder.calls("GetOpenIdTokenForDeveloperIdentity")
@@ -240,11 +289,16 @@ def test_developer_token_duration_is_the_configured_one(
     [("8h", STS_DURATION), ("20m", 1200), ("5m", 900)],
 )
 def test_sts_duration_never_outlives_the_session_but_keeps_the_sts_minimum(
-    session_lifetime: str, expected: int, aws: AwsWorld, broker_client: BrokerClient,
-    oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    session_lifetime: str,
+    expected: int,
+    aws: AwsWorld,
+    broker_client: BrokerClient,
+    oidc_provider: DevIdentityProvider,
+    facebook_api: FacebookApi,
 ) -> None:
-    client = broker_client(provider_entries("sts", oidc_provider, facebook_api),
-                           session_lifetime=session_lifetime)
+    client = broker_client(
+        provider_entries("sts", oidc_provider, facebook_api), session_lifetime=session_lifetime
+    )
     response, _ = login(client, "google", "ada", oidc_provider, facebook_api)
     assert_granted(response, "google", "google-ada")
     [call] = aws.recorder.calls("AssumeRole")
@@ -255,15 +309,17 @@ def test_sts_duration_never_outlives_the_session_but_keeps_the_sts_minimum(
 def partner_role(aws: AwsWorld) -> Iterator[str]:
     """A second user role, in the session's AWS for this test only."""
     iam = aws.client("iam")
-    arn: str = iam.create_role(RoleName="PartnerChatUsers", AssumeRolePolicyDocument="{}")[
-        "Role"
-    ]["Arn"]
+    arn: str = iam.create_role(RoleName="PartnerChatUsers", AssumeRolePolicyDocument="{}")["Role"][
+        "Arn"
+    ]
     yield arn
     iam.delete_role(RoleName="PartnerChatUsers")
 
 
 def test_a_providers_own_role_arn_wins_over_the_default(
-    aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    aws: AwsWorld,
+    oidc_provider: DevIdentityProvider,
+    facebook_api: FacebookApi,
     broker_client: BrokerClient,
     partner_role: str,
 ) -> None:
@@ -278,12 +334,15 @@ def test_a_providers_own_role_arn_wins_over_the_default(
     assert_granted(corp, "corp", "corp-ada")
     assert_granted(google, "google", "google-ada")
     assert [call["RoleArn"] for call in aws.recorder.calls("AssumeRole")] == [
-        partner_role, aws.user_role_arn,
+        partner_role,
+        aws.user_role_arn,
     ]
 
 
 def test_a_user_id_outside_the_session_name_alphabet_gets_a_stable_derived_name(
-    aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    aws: AwsWorld,
+    oidc_provider: DevIdentityProvider,
+    facebook_api: FacebookApi,
     broker_client: BrokerClient,
 ) -> None:
     client = broker_client(provider_entries("sts", oidc_provider, facebook_api))
@@ -304,7 +363,10 @@ def test_a_user_id_outside_the_session_name_alphabet_gets_a_stable_derived_name(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_tag_value_of_exactly_256_characters_is_sent_unchanged(
-    mode: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    mode: str,
+    aws: AwsWorld,
+    oidc_provider: DevIdentityProvider,
+    facebook_api: FacebookApi,
     broker_client: BrokerClient,
 ) -> None:
     client = broker_client(provider_entries(mode, oidc_provider, facebook_api))
@@ -339,8 +401,13 @@ UNUSABLE_SUBJECTS: dict[str, Callable[[str], str]] = {
 @pytest.mark.parametrize("provider", SOCIAL_AND_OIDC)
 @pytest.mark.parametrize("mode", MODES)
 def test_a_subject_that_cannot_be_a_user_id_is_refused(
-    mode: str, provider: str, case: str, aws: AwsWorld, broker_client: BrokerClient,
-    oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    mode: str,
+    provider: str,
+    case: str,
+    aws: AwsWorld,
+    broker_client: BrokerClient,
+    oidc_provider: DevIdentityProvider,
+    facebook_api: FacebookApi,
 ) -> None:
     client = broker_client(provider_entries(mode, oidc_provider, facebook_api))
     sub = UNUSABLE_SUBJECTS[case](PREFIXES[provider])
@@ -349,7 +416,9 @@ def test_a_subject_that_cannot_be_a_user_id_is_refused(
 
 
 def test_a_64_character_user_id_is_the_longest_accepted(
-    aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    aws: AwsWorld,
+    oidc_provider: DevIdentityProvider,
+    facebook_api: FacebookApi,
     broker_client: BrokerClient,
 ) -> None:
     client = broker_client(provider_entries("sts", oidc_provider, facebook_api))
@@ -361,8 +430,12 @@ def test_a_64_character_user_id_is_the_longest_accepted(
 @pytest.mark.parametrize("sub", ["corp-alice", "Google-alice", "FB-1234", "Corp-Bob"])
 @pytest.mark.parametrize("mode", MODES)
 def test_an_unprefixed_user_id_in_another_providers_namespace_is_refused(
-    mode: str, sub: str, aws: AwsWorld, broker_client: BrokerClient,
-    oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    mode: str,
+    sub: str,
+    aws: AwsWorld,
+    broker_client: BrokerClient,
+    oidc_provider: DevIdentityProvider,
+    facebook_api: FacebookApi,
 ) -> None:
     client = broker_client(provider_entries(mode, oidc_provider, facebook_api))
     response, _ = login(client, "legacy", sub, oidc_provider, facebook_api)
@@ -371,7 +444,10 @@ def test_an_unprefixed_user_id_in_another_providers_namespace_is_refused(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_an_unprefixed_user_id_outside_every_namespace_is_vended(
-    mode: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    mode: str,
+    aws: AwsWorld,
+    oidc_provider: DevIdentityProvider,
+    facebook_api: FacebookApi,
     broker_client: BrokerClient,
 ) -> None:
     client = broker_client(provider_entries(mode, oidc_provider, facebook_api))
@@ -392,8 +468,12 @@ BAD_TAG_VALUES = {
 @pytest.mark.parametrize("case", list(BAD_TAG_VALUES))
 @pytest.mark.parametrize("mode", MODES)
 def test_a_tag_value_sts_would_reject_is_refused(
-    mode: str, case: str, aws: AwsWorld, broker_client: BrokerClient,
-    oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    mode: str,
+    case: str,
+    aws: AwsWorld,
+    broker_client: BrokerClient,
+    oidc_provider: DevIdentityProvider,
+    facebook_api: FacebookApi,
 ) -> None:
     client = broker_client(provider_entries(mode, oidc_provider, facebook_api))
     value = BAD_TAG_VALUES[case]
@@ -403,12 +483,16 @@ def test_a_tag_value_sts_would_reject_is_refused(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_social_profile_name_sts_would_reject_as_a_tag_is_refused(
-    mode: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    mode: str,
+    aws: AwsWorld,
+    oidc_provider: DevIdentityProvider,
+    facebook_api: FacebookApi,
     broker_client: BrokerClient,
 ) -> None:
     client = broker_client(provider_entries(mode, oidc_provider, facebook_api))
-    response, _ = login(client, "facebook", "1234", oidc_provider, facebook_api,
-                        name="Ada & Charles")
+    response, _ = login(
+        client, "facebook", "1234", oidc_provider, facebook_api, name="Ada & Charles"
+    )
     assert_refused(response, 422, "unmappable_identity", aws, "tag 'profile_name'")
 
 
@@ -429,8 +513,12 @@ FAILING_REQUIREMENTS: dict[str, dict[str, Any]] = {
 @pytest.mark.parametrize("case", list(FAILING_REQUIREMENTS))
 @pytest.mark.parametrize("mode", MODES)
 def test_failing_require_rules_are_refused(
-    mode: str, case: str, aws: AwsWorld, broker_client: BrokerClient,
-    oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    mode: str,
+    case: str,
+    aws: AwsWorld,
+    broker_client: BrokerClient,
+    oidc_provider: DevIdentityProvider,
+    facebook_api: FacebookApi,
 ) -> None:
     client = broker_client(provider_entries(mode, oidc_provider, facebook_api))
     claims = FAILING_REQUIREMENTS[case]
@@ -440,11 +528,21 @@ def test_failing_require_rules_are_refused(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_meeting_the_require_rules_is_enough(
-    mode: str, aws: AwsWorld, oidc_provider: DevIdentityProvider, facebook_api: FacebookApi,
+    mode: str,
+    aws: AwsWorld,
+    oidc_provider: DevIdentityProvider,
+    facebook_api: FacebookApi,
     broker_client: BrokerClient,
 ) -> None:
     client = broker_client(provider_entries(mode, oidc_provider, facebook_api))
-    response, _ = login(client, "corp", "ada", oidc_provider, facebook_api,
-                        groups=["chat-users"], email_verified=True)
+    response, _ = login(
+        client,
+        "corp",
+        "ada",
+        oidc_provider,
+        facebook_api,
+        groups=["chat-users"],
+        email_verified=True,
+    )
     assert_granted(response, "corp", "corp-ada")
     assert len(aws.recorder.requests()) == (1 if mode == "sts" else 2)

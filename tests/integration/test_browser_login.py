@@ -98,8 +98,10 @@ def config_for(make_config: MakeConfig) -> Callable[..., BrokerConfig]:
                     "client_secret": CLIENT_SECRET,
                     "scopes": ["openid", "email", "profile", "offline_access"],
                     "exchange": exchange,
-                    "map": {"user_id": "{sub}" if exchange == "cognito" else f"{name}-{{sub}}",
-                            "display_name": "{name}"},
+                    "map": {
+                        "user_id": "{sub}" if exchange == "cognito" else f"{name}-{{sub}}",
+                        "display_name": "{name}",
+                    },
                 }
                 for name, idp in idps.items()
             ],
@@ -152,8 +154,11 @@ class Browser:
 
 @pytest.fixture
 def broker(
-    live_broker: Callable[..., LiveServer], aws: Any, oidc_provider: DevIdentityProvider,
-    clock: FakeClock, config_for: Callable[..., BrokerConfig],
+    live_broker: Callable[..., LiveServer],
+    aws: Any,
+    oidc_provider: DevIdentityProvider,
+    clock: FakeClock,
+    config_for: Callable[..., BrokerConfig],
 ) -> LiveServer:
     return live_broker(lambda url: config_for(url, {"okta": oidc_provider}), clock=clock)
 
@@ -165,8 +170,12 @@ def browser(broker: LiveServer) -> Browser:
 
 @pytest.fixture
 def offline(
-    live_broker: Callable[..., LiveServer], oidc_provider: DevIdentityProvider, clock: FakeClock,
-    closed_port: int, monkeypatch: pytest.MonkeyPatch, config_for: Callable[..., BrokerConfig],
+    live_broker: Callable[..., LiveServer],
+    oidc_provider: DevIdentityProvider,
+    clock: FakeClock,
+    closed_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    config_for: Callable[..., BrokerConfig],
 ) -> Browser:
     """A browser at a broker whose AWS endpoint refuses connections: for scenarios in
     which nothing is vended."""
@@ -200,8 +209,11 @@ def assert_error_redirect(response: requests.Response, code: str, to: str = SPA_
 
 @pytest.mark.parametrize("exchange", ["sts", "cognito_developer"])
 def test_login_session_credentials_logout(
-    exchange: str, live_broker: Callable[..., LiveServer], aws: Any,
-    oidc_provider: DevIdentityProvider, config_for: Callable[..., BrokerConfig],
+    exchange: str,
+    live_broker: Callable[..., LiveServer],
+    aws: Any,
+    oidc_provider: DevIdentityProvider,
+    config_for: Callable[..., BrokerConfig],
 ) -> None:
     server = live_broker(lambda url: config_for(url, {"okta": oidc_provider}, exchange))
     browser = Browser(server)
@@ -272,8 +284,9 @@ def test_form_post_callback_finishes_the_login(
 ) -> None:
     callback = offline.authorize(oidc_provider, offline.begin())
     parts = urlsplit(callback)
-    done = offline.post(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
-                        data=query(callback))
+    done = offline.post(
+        urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), data=query(callback)
+    )
     assert done.status_code == 302
     assert done.headers["Location"] == SPA_HOME
     assert COOKIE in set_cookies(done)
@@ -391,8 +404,11 @@ def test_a_code_is_useless_without_the_pkce_verifier(
     stolen = query(callback)["code"]
     redeemed = requests.post(
         oidc_provider.url("/token"),
-        data={"grant_type": "authorization_code", "code": stolen,
-              "redirect_uri": f"{broker.url}/v1/callback/okta"},
+        data={
+            "grant_type": "authorization_code",
+            "code": stolen,
+            "redirect_uri": f"{broker.url}/v1/callback/okta",
+        },
         auth=(CLIENT_ID, CLIENT_SECRET),
         timeout=10,
     )
@@ -404,14 +420,14 @@ def test_a_code_is_useless_without_the_pkce_verifier(
 
 
 def test_an_answer_naming_another_issuer_is_refused(
-    live_broker: Callable[..., LiveServer], aws: Any, oidc_provider: DevIdentityProvider,
+    live_broker: Callable[..., LiveServer],
+    aws: Any,
+    oidc_provider: DevIdentityProvider,
     config_for: Callable[..., BrokerConfig],
 ) -> None:
     with DevIdentityProvider() as other:
         other.add_user(ALICE_SUB, name="Alice Elsewhere")
-        server = live_broker(
-            lambda url: config_for(url, {"okta": oidc_provider, "other": other})
-        )
+        server = live_broker(lambda url: config_for(url, {"okta": oidc_provider, "other": other}))
         browser = Browser(server)
         callback = browser.authorize(oidc_provider, browser.begin("okta"))
         assert query(callback)["iss"] == oidc_provider.issuer
@@ -425,9 +441,7 @@ def test_an_answer_naming_another_issuer_is_refused(
 
         # Mix-up: the other provider's answer delivered to this provider's callback.
         from_other = browser.authorize(other, browser.begin("other"))
-        misrouted = browser.get(
-            f"{server.url}/v1/callback/okta?{urlsplit(from_other).query}"
-        )
+        misrouted = browser.get(f"{server.url}/v1/callback/okta?{urlsplit(from_other).query}")
         assert_problem(misrouted, 400, "invalid_request")
         assert_no_session_cookie(misrouted)
         assert browser.cookie() is None
@@ -524,15 +538,29 @@ def test_an_allowed_return_to_keeps_its_query_and_gets_the_error_before_the_frag
 # -- Origin and CORS ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("origin", ["https://evil.example", "null", "https://app.example.chat:8443",
-                                    "http://app.example.chat", None])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://evil.example",
+        "null",
+        "https://app.example.chat:8443",
+        "http://app.example.chat",
+        None,
+    ],
+)
 def test_cookie_requests_from_an_unlisted_origin_are_refused(
-    origin: str | None, broker: LiveServer, browser: Browser,
-    oidc_provider: DevIdentityProvider, aws: Any,
+    origin: str | None,
+    broker: LiveServer,
+    browser: Browser,
+    oidc_provider: DevIdentityProvider,
+    aws: Any,
 ) -> None:
     browser.login(oidc_provider)
-    for method, path in (("POST", "/v1/credentials"), ("GET", "/v1/session"),
-                         ("POST", "/v1/logout")):
+    for method, path in (
+        ("POST", "/v1/credentials"),
+        ("GET", "/v1/session"),
+        ("POST", "/v1/logout"),
+    ):
         response = browser.api(method, path, origin=origin)
         assert_problem(response, 403, "origin_not_allowed")
         assert "Access-Control-Allow-Origin" not in response.headers
@@ -542,14 +570,17 @@ def test_cookie_requests_from_an_unlisted_origin_are_refused(
     assert browser.api("GET", "/v1/session").status_code == 200
 
 
-@pytest.mark.parametrize("origin", ["https://evil.example", "null", "https://app.example.chat.evil"])
-def test_a_cors_preflight_from_an_unlisted_origin_is_refused(
-    origin: str, offline: Browser
-) -> None:
+@pytest.mark.parametrize(
+    "origin", ["https://evil.example", "null", "https://app.example.chat.evil"]
+)
+def test_a_cors_preflight_from_an_unlisted_origin_is_refused(origin: str, offline: Browser) -> None:
     response = requests.options(
         f"{offline.broker.url}/v1/credentials",
-        headers={"Origin": origin, "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "content-type"},
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
         timeout=10,
     )
     assert_problem(response, 403, "origin_not_allowed")
@@ -575,8 +606,11 @@ def test_bearer_requests_need_no_origin(
     # The native flow's bearer token works from anywhere: it is not a cookie.
     code, verifier = native_login(Browser(broker), oidc_provider)
     token = exchange_code(broker, code, verifier).json()["broker_session"]["token"]
-    who = requests.get(f"{broker.url}/v1/session", headers={
-        "Authorization": f"Bearer {token}", "Origin": "https://evil.example"}, timeout=10)
+    who = requests.get(
+        f"{broker.url}/v1/session",
+        headers={"Authorization": f"Bearer {token}", "Origin": "https://evil.example"},
+        timeout=10,
+    )
     assert who.status_code == 200
     assert "Access-Control-Allow-Origin" not in who.headers
 
@@ -617,7 +651,10 @@ def test_a_planted_session_id_never_becomes_a_session(
 
 
 def test_the_session_is_rechecked_with_the_idp_and_ends_when_it_refuses(
-    broker: LiveServer, browser: Browser, oidc_provider: DevIdentityProvider, clock: FakeClock,
+    broker: LiveServer,
+    browser: Browser,
+    oidc_provider: DevIdentityProvider,
+    clock: FakeClock,
     aws: Any,
 ) -> None:
     browser.login(oidc_provider)
@@ -639,8 +676,11 @@ def test_the_session_is_rechecked_with_the_idp_and_ends_when_it_refuses(
 
 
 def test_a_cognito_session_vends_with_the_refreshed_id_token(
-    live_broker: Callable[..., LiveServer], aws: Any, oidc_provider: DevIdentityProvider,
-    clock: FakeClock, config_for: Callable[..., BrokerConfig],
+    live_broker: Callable[..., LiveServer],
+    aws: Any,
+    oidc_provider: DevIdentityProvider,
+    clock: FakeClock,
+    config_for: Callable[..., BrokerConfig],
 ) -> None:
     server = live_broker(
         lambda url: config_for(url, {"okta": oidc_provider}, "cognito"), clock=clock
@@ -672,8 +712,11 @@ def test_no_recheck_before_the_interval(
 
 @pytest.fixture
 def stored_broker(
-    live_broker: Callable[..., LiveServer], oidc_provider: DevIdentityProvider,
-    clock: FakeClock, config_for: Callable[..., BrokerConfig], local_store: Store,
+    live_broker: Callable[..., LiveServer],
+    oidc_provider: DevIdentityProvider,
+    clock: FakeClock,
+    config_for: Callable[..., BrokerConfig],
+    local_store: Store,
 ) -> LiveServer:
     """The ``broker``, keeping its state in ``local_store``."""
     return live_broker(
@@ -683,8 +726,11 @@ def stored_broker(
 
 @pytest.mark.parametrize("how", UNREADABLE_SEALED)
 def test_a_login_stored_in_a_form_this_version_does_not_read_is_refused(
-    how: str, stored_broker: LiveServer, oidc_provider: DevIdentityProvider,
-    local_store: Store, aws: Any,
+    how: str,
+    stored_broker: LiveServer,
+    oidc_provider: DevIdentityProvider,
+    local_store: Store,
+    aws: Any,
 ) -> None:
     browser = Browser(stored_broker)
     authorization = browser.begin()
@@ -736,11 +782,13 @@ def test_native_login_hands_over_a_code_for_a_bearer_session(
     assert body["user_id"] == f"okta-{ALICE_SUB}"
     token = body["broker_session"]["token"]
     assert "AssumeRole" in aws.recorder.operations()
-    refreshed = requests.post(f"{broker.url}/v1/credentials",
-                              headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    refreshed = requests.post(
+        f"{broker.url}/v1/credentials", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
     assert refreshed.status_code == 200
-    out = requests.post(f"{broker.url}/v1/logout",
-                        headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    out = requests.post(
+        f"{broker.url}/v1/logout", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
     assert out.json()["end_session_url"].startswith(oidc_provider.url("/logout?"))
 
 
@@ -755,7 +803,10 @@ def test_a_native_code_works_once(
 
 
 def test_a_late_native_code_is_refused(
-    broker: LiveServer, browser: Browser, oidc_provider: DevIdentityProvider, clock: FakeClock,
+    broker: LiveServer,
+    browser: Browser,
+    oidc_provider: DevIdentityProvider,
+    clock: FakeClock,
     aws: Any,
 ) -> None:
     code, verifier = native_login(browser, oidc_provider)
@@ -775,8 +826,11 @@ def test_a_native_code_with_the_wrong_verifier_is_refused_and_spent(
 
 @pytest.mark.parametrize("how", UNREADABLE_SEALED)
 def test_a_native_code_stored_in_a_form_this_version_does_not_read_is_refused(
-    how: str, stored_broker: LiveServer, oidc_provider: DevIdentityProvider,
-    local_store: Store, aws: Any,
+    how: str,
+    stored_broker: LiveServer,
+    oidc_provider: DevIdentityProvider,
+    local_store: Store,
+    aws: Any,
 ) -> None:
     code, verifier = native_login(Browser(stored_broker), oidc_provider)
     key = "native:" + Sealer(SECRET_KEY).key_hash("native-code", code)
@@ -787,12 +841,15 @@ def test_a_native_code_stored_in_a_form_this_version_does_not_read_is_refused(
 
 
 @pytest.mark.parametrize(
-    "return_to", [None, "com.example.chat:/elsewhere", "https://evil.example/oauth",
-                  "http://app.example.chat/app/"],
+    "return_to",
+    [
+        None,
+        "com.example.chat:/elsewhere",
+        "https://evil.example/oauth",
+        "http://app.example.chat/app/",
+    ],
 )
-def test_a_native_login_needs_an_allowed_return_to(
-    return_to: str | None, offline: Browser
-) -> None:
+def test_a_native_login_needs_an_allowed_return_to(return_to: str | None, offline: Browser) -> None:
     params = {"code_challenge": s256(secrets.token_urlsafe(48)), "code_challenge_method": "S256"}
     if return_to is not None:
         params["return_to"] = return_to
@@ -808,9 +865,14 @@ def test_a_native_login_needs_an_allowed_return_to(
 def test_a_native_login_needs_an_s256_challenge(
     challenge: str, method: str, offline: Browser
 ) -> None:
-    response = offline.get(f"{offline.broker.url}/v1/login/okta", params={
-        "return_to": f"{NATIVE}/done", "code_challenge": challenge,
-        "code_challenge_method": method})
+    response = offline.get(
+        f"{offline.broker.url}/v1/login/okta",
+        params={
+            "return_to": f"{NATIVE}/done",
+            "code_challenge": challenge,
+            "code_challenge_method": method,
+        },
+    )
     assert_error_redirect(response, "invalid_request", to=f"{NATIVE}/done")
 
 
@@ -820,7 +882,8 @@ def test_a_native_login_needs_an_s256_challenge(
 def apple_key_pem() -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
 
@@ -828,26 +891,41 @@ def apple_key_pem() -> str:
 def test_social_kinds_send_the_browser_to_their_real_endpoints(
     make_config: MakeConfig,
 ) -> None:
-    config = make_config(providers=[
-        provider_dict("google", client_ids=["web.apps.googleusercontent.com", "ios-app"],
-                      client_secret="g-secret"),
-        provider_dict("apple", client_ids=["com.example.chat.web", "com.example.chat"],
-                      team_id="TEAM123456", key_id="KEY1234567", private_key=apple_key_pem()),
-        provider_dict("facebook"),
-        provider_dict("amazon", client_secret="a-secret"),
-    ])
+    config = make_config(
+        providers=[
+            provider_dict(
+                "google",
+                client_ids=["web.apps.googleusercontent.com", "ios-app"],
+                client_secret="g-secret",
+            ),
+            provider_dict(
+                "apple",
+                client_ids=["com.example.chat.web", "com.example.chat"],
+                team_id="TEAM123456",
+                key_id="KEY1234567",
+                private_key=apple_key_pem(),
+            ),
+            provider_dict("facebook"),
+            provider_dict("amazon", client_secret="a-secret"),
+        ]
+    )
     built = built_providers(config).redirect
     expected = {
-        "google": ("https://accounts.google.com/o/oauth2/v2/auth",
-                   "web.apps.googleusercontent.com", True),
+        "google": (
+            "https://accounts.google.com/o/oauth2/v2/auth",
+            "web.apps.googleusercontent.com",
+            True,
+        ),
         "apple": ("https://appleid.apple.com/auth/authorize", "com.example.chat.web", True),
         "facebook": ("https://www.facebook.com/dialog/oauth", "1234567890", False),
         "amazon": ("https://www.amazon.com/ap/oa", "amzn1.application-oa2-client.example", False),
     }
     for name, (endpoint, client_id, with_nonce) in expected.items():
         url = built[name].authorization_url(
-            redirect_uri=f"https://auth.example.chat/v1/callback/{name}", state="s" * 43,
-            nonce="n" * 43, code_challenge="c" * 43,
+            redirect_uri=f"https://auth.example.chat/v1/callback/{name}",
+            state="s" * 43,
+            nonce="n" * 43,
+            code_challenge="c" * 43,
         )
         assert url.split("?")[0] == endpoint
         sent = query(url)
@@ -855,27 +933,43 @@ def test_social_kinds_send_the_browser_to_their_real_endpoints(
         assert sent["code_challenge_method"] == "S256" and sent["code_challenge"] == "c" * 43
         assert sent["state"] == "s" * 43
         assert ("nonce" in sent) is with_nonce
-    assert query(built["apple"].authorization_url(
-        redirect_uri="https://auth.example.chat/v1/callback/apple", state="s" * 43,
-        nonce="n" * 43, code_challenge="c" * 43))["response_mode"] == "form_post"
+    assert (
+        query(
+            built["apple"].authorization_url(
+                redirect_uri="https://auth.example.chat/v1/callback/apple",
+                state="s" * 43,
+                nonce="n" * 43,
+                code_challenge="c" * 43,
+            )
+        )["response_mode"]
+        == "form_post"
+    )
     assert built["apple"].response_mode == "form_post"
 
 
 def test_social_kinds_without_their_secrets_have_no_browser_login(
     make_config: MakeConfig,
 ) -> None:
-    config = make_config(providers=[provider_dict("google"), provider_dict("apple"),
-                                    provider_dict("amazon")])
+    config = make_config(
+        providers=[provider_dict("google"), provider_dict("apple"), provider_dict("amazon")]
+    )
     assert built_providers(config).redirect == {}
 
 
 def test_an_unusable_apple_key_fails_start_up(make_config: MakeConfig) -> None:
-    rsa_pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()).decode()
+    rsa_pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
     for bad in ("not a key", rsa_pem):
-        config = make_config(providers=[provider_dict("apple", team_id="T", key_id="K",
-                                                      private_key=bad)])
+        config = make_config(
+            providers=[provider_dict("apple", team_id="T", key_id="K", private_key=bad)]
+        )
         with pytest.raises(ConfigError) as refused:
             built_providers(config)
         assert refused.value.problems[0].startswith("providers[0].private_key")
@@ -883,8 +977,12 @@ def test_an_unusable_apple_key_fails_start_up(make_config: MakeConfig) -> None:
 
 def test_apples_client_secret_is_an_es256_jwt_of_the_team() -> None:
     pem = apple_key_pem()
-    secret = AppleClientSecret(team_id="TEAM123456", key_id="KEY1234567",
-                               private_key_pem=pem, client_id="com.example.chat.web")
+    secret = AppleClientSecret(
+        team_id="TEAM123456",
+        key_id="KEY1234567",
+        private_key_pem=pem,
+        client_id="com.example.chat.web",
+    )
     token = secret()
     assert secret() == token  # reused, not signed per request
     public = serialization.load_pem_private_key(pem.encode(), None).public_key()
@@ -895,29 +993,50 @@ def test_apples_client_secret_is_an_es256_jwt_of_the_team() -> None:
 
 
 def social_broker(
-    live_broker: Callable[..., LiveServer], make_config: MakeConfig, idp: DevIdentityProvider,
+    live_broker: Callable[..., LiveServer],
+    make_config: MakeConfig,
+    idp: DevIdentityProvider,
     entry: dict[str, Any],
 ) -> LiveServer:
     """A broker whose one provider is ``entry`` with every endpoint at the local ``idp``."""
     return live_broker(
         lambda url: make_config(
             service__public_url=url,
-            providers=[{**entry, "issuer": idp.issuer, "jwks_url": idp.url("/jwks"),
-                        "authorize_url": idp.url("/authorize"),
-                        "token_url": idp.url("/token"), "exchange": "sts"}],
+            providers=[
+                {
+                    **entry,
+                    "issuer": idp.issuer,
+                    "jwks_url": idp.url("/jwks"),
+                    "authorize_url": idp.url("/authorize"),
+                    "token_url": idp.url("/token"),
+                    "exchange": "sts",
+                }
+            ],
         )
     )
 
 
 def test_a_google_login_through_configured_endpoints(
-    live_broker: Callable[..., LiveServer], aws: Any, oidc_provider: DevIdentityProvider,
+    live_broker: Callable[..., LiveServer],
+    aws: Any,
+    oidc_provider: DevIdentityProvider,
     make_config: MakeConfig,
 ) -> None:
-    server = social_broker(live_broker, make_config, oidc_provider, {
-        "name": "google", "kind": "google", "client_ids": [CLIENT_ID, "ios-app"],
-        "client_secret": CLIENT_SECRET, "map": {"user_id": "g-{sub}"}})
-    oidc_provider.register_client(CLIENT_ID, client_secret=CLIENT_SECRET,
-                                  redirect_uris=[f"{server.url}/v1/callback/google"])
+    server = social_broker(
+        live_broker,
+        make_config,
+        oidc_provider,
+        {
+            "name": "google",
+            "kind": "google",
+            "client_ids": [CLIENT_ID, "ios-app"],
+            "client_secret": CLIENT_SECRET,
+            "map": {"user_id": "g-{sub}"},
+        },
+    )
+    oidc_provider.register_client(
+        CLIENT_ID, client_secret=CLIENT_SECRET, redirect_uris=[f"{server.url}/v1/callback/google"]
+    )
     browser = Browser(server)
     done = browser.login(oidc_provider, "google", return_to=SPA_HOME)
     assert done.headers["Location"] == SPA_HOME
@@ -926,17 +1045,32 @@ def test_a_google_login_through_configured_endpoints(
 
 
 def test_an_apple_login_posts_back_and_signs_its_client_secret(
-    live_broker: Callable[..., LiveServer], aws: Any, oidc_provider: DevIdentityProvider,
+    live_broker: Callable[..., LiveServer],
+    aws: Any,
+    oidc_provider: DevIdentityProvider,
     make_config: MakeConfig,
 ) -> None:
-    server = social_broker(live_broker, make_config, oidc_provider, {
-        "name": "apple", "kind": "apple", "client_ids": [CLIENT_ID], "team_id": "TEAM123456",
-        "key_id": "KEY1234567", "private_key": apple_key_pem(),
-        "map": {"user_id": "apple-{sub}"}})
+    server = social_broker(
+        live_broker,
+        make_config,
+        oidc_provider,
+        {
+            "name": "apple",
+            "kind": "apple",
+            "client_ids": [CLIENT_ID],
+            "team_id": "TEAM123456",
+            "key_id": "KEY1234567",
+            "private_key": apple_key_pem(),
+            "map": {"user_id": "apple-{sub}"},
+        },
+    )
     apple = server.app.extensions["chime_broker"].broker.redirect_providers["apple"]
     # The provider accepts exactly the client secret the broker signs and sends.
-    oidc_provider.register_client(CLIENT_ID, client_secret=apple._client_secret(),
-                                  redirect_uris=[f"{server.url}/v1/callback/apple"])
+    oidc_provider.register_client(
+        CLIENT_ID,
+        client_secret=apple._client_secret(),
+        redirect_uris=[f"{server.url}/v1/callback/apple"],
+    )
     browser = Browser(server)
     authorization_url = browser.begin("apple", return_to=SPA_HOME)
     assert query(authorization_url)["scope"] == "name email"
@@ -946,7 +1080,8 @@ def test_an_apple_login_posts_back_and_signs_its_client_secret(
         oidc_provider, replace_query(authorization_url, scope="openid email")
     )
     parts = urlsplit(callback)
-    done = browser.post(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
-                        data=query(callback))
+    done = browser.post(
+        urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), data=query(callback)
+    )
     assert done.status_code == 302 and done.headers["Location"] == SPA_HOME
     assert browser.api("GET", "/v1/session").json()["user_id"] == f"apple-{ALICE_SUB}"

@@ -28,7 +28,10 @@ SECRET = "k" * 40
 
 @pytest.mark.parametrize(("text", "expected"), BROKEN)
 def test_check_exits_1_and_prints_every_problem(
-    text: str, expected: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    text: str,
+    expected: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("BROKER_SECRET_KEY", SECRET)
@@ -47,13 +50,15 @@ def test_check_builds_the_example_config_as_serve_would_as_a_real_process() -> N
     validates but cannot serve: check says why, for every problem at once, with lines."""
     result = subprocess.run(
         [CLI, "check", "--config", str(REPO / "config" / "example.yaml")],
-        env={**os.environ, **EXAMPLE_ENV}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, **EXAMPLE_ENV},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines()[1:] == [
-        "  store (line 94): the directory of the SQLite file does not exist: "
-        "/var/lib/chime-broker",
+        "  store (line 94): the directory of the SQLite file does not exist: /var/lib/chime-broker",
         "  providers[2].private_key (line 171): not a PEM key",
         "  providers[6].sp_key (line 216): not an unencrypted PEM private key",
     ]
@@ -65,7 +70,9 @@ def test_check_refuses_a_broken_config_as_a_real_process(tmp_path: Path) -> None
     path.write_text(BASE.replace("exchange: cognito_developer", "exchange: vault", 1))
     result = subprocess.run(
         [CLI, "check", "--config", str(path)],
-        env={**os.environ, "BROKER_SECRET_KEY": SECRET}, capture_output=True, text=True,
+        env={**os.environ, "BROKER_SECRET_KEY": SECRET},
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert result.returncode == 1
@@ -85,9 +92,19 @@ def serve_config(tmp_path: Path, store: str) -> Path:
 
 def test_serve_refuses_memory_store_with_several_workers(tmp_path: Path) -> None:
     result = subprocess.run(
-        [CLI, "serve", "--config", str(serve_config(tmp_path, "memory://")),
-         "--workers", "2", "--bind", f"127.0.0.1:{free_port()}"],
-        env={**os.environ, "BROKER_SECRET_KEY": SECRET}, capture_output=True, text=True,
+        [
+            CLI,
+            "serve",
+            "--config",
+            str(serve_config(tmp_path, "memory://")),
+            "--workers",
+            "2",
+            "--bind",
+            f"127.0.0.1:{free_port()}",
+        ],
+        env={**os.environ, "BROKER_SECRET_KEY": SECRET},
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert result.returncode == 2
@@ -115,9 +132,15 @@ def test_serve_runs_gunicorn_gevent_workers_that_share_one_store(tmp_path: Path)
     config = serve_config(tmp_path, f"sqlite:///{tmp_path / 'state.db'}")
     process = subprocess.Popen(
         [CLI, "serve", "--config", str(config), "--workers", "2", "--bind", f"127.0.0.1:{port}"],
-        env={**os.environ, "BROKER_SECRET_KEY": SECRET, "AWS_ACCESS_KEY_ID": "testing",
-             "AWS_SECRET_ACCESS_KEY": "testing"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={
+            **os.environ,
+            "BROKER_SECRET_KEY": SECRET,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -130,9 +153,9 @@ def test_serve_runs_gunicorn_gevent_workers_that_share_one_store(tmp_path: Path)
         metrics = requests.get(f"{base}/metrics", timeout=5).text
         # The exposition merges both workers' counters.
         count = next(
-            float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-            if line.startswith("chime_broker_requests_total{")
-            and 'route="/v1/providers"' in line
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("chime_broker_requests_total{") and 'route="/v1/providers"' in line
         )
         assert count == 21.0
     finally:
@@ -149,24 +172,39 @@ def test_serve_vends_through_botocore_inside_gevent_workers(
     must work, not die in a RecursionError inside ssl."""
     oidc_provider.register_client("mobile-app")
     config = tmp_path / "broker.yaml"
-    config.write_text(yaml.safe_dump(broker_config_dict(
-        aws,
-        store=f"sqlite:///{tmp_path / 'state.db'}",
-        providers=[provider_dict("oidc", name="corp", issuer=oidc_provider.issuer,
-                                 client_id="mobile-app", exchange="sts",
-                                 map={"user_id": "corp-{sub}"})],
-    )))
+    config.write_text(
+        yaml.safe_dump(
+            broker_config_dict(
+                aws,
+                store=f"sqlite:///{tmp_path / 'state.db'}",
+                providers=[
+                    provider_dict(
+                        "oidc",
+                        name="corp",
+                        issuer=oidc_provider.issuer,
+                        client_id="mobile-app",
+                        exchange="sts",
+                        map={"user_id": "corp-{sub}"},
+                    )
+                ],
+            )
+        )
+    )
     port = free_port()
     process = subprocess.Popen(
         [CLI, "serve", "--config", str(config), "--workers", "2", "--bind", f"127.0.0.1:{port}"],
-        env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(f"{base}/healthz", process)
         token = oidc_provider.mint_id_token({"sub": "ada"}, audience="mobile-app")
-        response = requests.post(f"{base}/v1/token", json={"provider": "corp", "id_token": token},
-                                 timeout=30)
+        response = requests.post(
+            f"{base}/v1/token", json={"provider": "corp", "id_token": token}, timeout=30
+        )
         assert response.status_code == 200, response.text
         assert response.json()["app_instance_user_arn"].endswith("/user/corp-ada")
         [call] = aws.recorder.calls("AssumeRole")

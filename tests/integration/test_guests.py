@@ -76,34 +76,54 @@ def kiosk_guests() -> dict[str, Any]:
     }
 
 
-def invite(claims: dict[str, Any] | None = None, *, omit: tuple[str, ...] = (),
-           secret: str = INVITE_SECRET, lifetime: int = 600) -> str:
+def invite(
+    claims: dict[str, Any] | None = None,
+    *,
+    omit: tuple[str, ...] = (),
+    secret: str = INVITE_SECRET,
+    lifetime: int = 600,
+) -> str:
     """An invite as the meeting app's backend signs it (PyJWT, HS256)."""
     now = int(time.time())
     payload: dict[str, Any] = {
-        "iss": INVITE_ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + lifetime,
-        "jti": uuid.uuid4().hex, **(claims or {}),
+        "iss": INVITE_ISSUER,
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + lifetime,
+        "jti": uuid.uuid4().hex,
+        **(claims or {}),
     }
     for name in omit:
         payload.pop(name)
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
-def idp_invite(idp: DevIdentityProvider, claims: dict[str, Any] | None = None,
-               **options: Any) -> str:
+def idp_invite(
+    idp: DevIdentityProvider, claims: dict[str, Any] | None = None, **options: Any
+) -> str:
     """An invite signed with the local OIDC provider's current key (served at its JWKS)."""
     options.setdefault("audience", AUDIENCE)
-    return idp.mint_id_token({"sub": "attendee-7", "jti": uuid.uuid4().hex, **(claims or {})},
-                             **options)
+    return idp.mint_id_token(
+        {"sub": "attendee-7", "jti": uuid.uuid4().hex, **(claims or {})}, **options
+    )
 
 
 @pytest.fixture
-def client(
-    aws: AwsWorld, oidc_provider: DevIdentityProvider, make_app: MakeApp
-) -> FlaskClient:
-    providers = [invited_guests(), jwks_guests(oidc_provider), open_guests(), kiosk_guests(),
-                 {"name": "corp", "kind": "oidc", "issuer": oidc_provider.issuer,
-                  "client_id": "corp-app", "exchange": "sts", "map": {"user_id": "corp-{sub}"}}]
+def client(aws: AwsWorld, oidc_provider: DevIdentityProvider, make_app: MakeApp) -> FlaskClient:
+    providers = [
+        invited_guests(),
+        jwks_guests(oidc_provider),
+        open_guests(),
+        kiosk_guests(),
+        {
+            "name": "corp",
+            "kind": "oidc",
+            "issuer": oidc_provider.issuer,
+            "client_id": "corp-app",
+            "exchange": "sts",
+            "map": {"user_id": "corp-{sub}"},
+        },
+    ]
     return make_app(providers=providers).test_client()
 
 
@@ -138,7 +158,10 @@ def test_an_invited_guest_gets_credentials_for_a_fresh_user_of_its_own(
     assert body["identity_id"] is None
     assert body["broker_session"]["token"].startswith("cbs_")
     assert set(body["credentials"]) == {
-        "access_key_id", "secret_access_key", "session_token", "expiration"
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "expiration",
     }
     [assume_role] = aws.recorder.calls("AssumeRole")
     assert sts_tags(assume_role) == {aws.user_tag: user_id}
@@ -155,8 +178,9 @@ def test_an_invited_guest_gets_credentials_for_a_fresh_user_of_its_own(
 def test_an_invite_from_a_jwks_url_works_and_its_sub_feeds_the_admins_template(
     aws: AwsWorld, client: FlaskClient, oidc_provider: DevIdentityProvider
 ) -> None:
-    response = post_guest(client, {"provider": "meeting",
-                                   "invite": idp_invite(oidc_provider, {"name": "Grace"})})
+    response = post_guest(
+        client, {"provider": "meeting", "invite": idp_invite(oidc_provider, {"name": "Grace"})}
+    )
 
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
@@ -181,21 +205,24 @@ def test_a_guest_on_cognito_developer_gets_the_user_tag_from_the_broker(
     assert token_call["PrincipalTags"] == {aws.user_tag: user_id}
 
 
-def test_the_invites_name_claim_wins_over_the_requested_display_name(
-    client: FlaskClient
-) -> None:
-    response = post_guest(client, {"provider": "guests", "display_name": "Mallory the Admin",
-                                   "invite": invite({"name": "Ada Lovelace"})})
+def test_the_invites_name_claim_wins_over_the_requested_display_name(client: FlaskClient) -> None:
+    response = post_guest(
+        client,
+        {
+            "provider": "guests",
+            "display_name": "Mallory the Admin",
+            "invite": invite({"name": "Ada Lovelace"}),
+        },
+    )
     assert response.status_code == 200
     assert response.get_json()["display_name"] == "Ada Lovelace"
 
 
-def test_without_a_name_claim_the_requested_name_is_cleaned_and_capped(
-    client: FlaskClient
-) -> None:
+def test_without_a_name_claim_the_requested_name_is_cleaned_and_capped(client: FlaskClient) -> None:
     requested = "Ada\x00\nLove\u202elace\x1b" + "x" * 300
-    response = post_guest(client, {"provider": "guests", "display_name": requested,
-                                   "invite": invite()})
+    response = post_guest(
+        client, {"provider": "guests", "display_name": requested, "invite": invite()}
+    )
 
     assert response.status_code == 200
     name = response.get_json()["display_name"]
@@ -205,8 +232,9 @@ def test_without_a_name_claim_the_requested_name_is_cleaned_and_capped(
 
 
 def test_without_any_name_a_guest_is_shown_by_its_user_id(client: FlaskClient) -> None:
-    body = post_guest(client, {"provider": "guests", "display_name": "\x00\x07",
-                               "invite": invite()}).get_json()
+    body = post_guest(
+        client, {"provider": "guests", "display_name": "\x00\x07", "invite": invite()}
+    ).get_json()
     assert body["display_name"] == body["user_id"]
 
 
@@ -288,8 +316,9 @@ JWKS_REFUSALS: dict[str, Callable[[DevIdentityProvider], str]] = {
 def test_bad_jwks_invites_are_refused_before_any_aws_call(
     case: str, aws: AwsWorld, client: FlaskClient, oidc_provider: DevIdentityProvider
 ) -> None:
-    response = post_guest(client, {"provider": "meeting",
-                                   "invite": JWKS_REFUSALS[case](oidc_provider)})
+    response = post_guest(
+        client, {"provider": "meeting", "invite": JWKS_REFUSALS[case](oidc_provider)}
+    )
     assert_refused(response, 401, "invalid_token", aws)
 
 
@@ -313,8 +342,9 @@ def test_an_invite_is_accepted_once_across_workers_sharing_a_store(
     assert post_guest(first, {"provider": "guests", "invite": token}).status_code == 200
     aws.recorder.reset()
 
-    assert_refused(post_guest(second, {"provider": "guests", "invite": token}), 401,
-                   "invalid_token", aws)
+    assert_refused(
+        post_guest(second, {"provider": "guests", "invite": token}), 401, "invalid_token", aws
+    )
 
 
 def test_an_invite_used_at_one_provider_is_spent_at_every_provider_that_trusts_it(
@@ -324,8 +354,9 @@ def test_an_invite_used_at_one_provider_is_spent_at_every_provider_that_trusts_i
     assert post_guest(client, {"provider": "guests", "invite": token}).status_code == 200
     aws.recorder.reset()
     # The kiosk trusts the same issuer and secret.
-    assert_refused(post_guest(client, {"provider": "kiosk", "invite": token}), 401,
-                   "invalid_token", aws)
+    assert_refused(
+        post_guest(client, {"provider": "kiosk", "invite": token}), 401, "invalid_token", aws
+    )
 
 
 def test_an_invite_sent_to_a_provider_that_takes_none_is_refused(
@@ -353,15 +384,14 @@ def test_open_guests_are_rate_limited_per_client_address(
 
     assert_refused(refused, 429, "rate_limited", aws)
     assert int(refused.headers["Retry-After"]) in range(1, 61)
-    elsewhere = post_guest(client, {"provider": "lobby"},
-                           environ_base={"REMOTE_ADDR": "192.0.2.44"})
+    elsewhere = post_guest(
+        client, {"provider": "lobby"}, environ_base={"REMOTE_ADDR": "192.0.2.44"}
+    )
     assert elsewhere.status_code == 200
 
 
 @pytest.mark.parametrize("field", ["user_id", "app_instance_user_arn", "tags", "random"])
-def test_a_guest_cannot_choose_its_user_id(
-    field: str, aws: AwsWorld, client: FlaskClient
-) -> None:
+def test_a_guest_cannot_choose_its_user_id(field: str, aws: AwsWorld, client: FlaskClient) -> None:
     body = {"provider": "guests", "invite": invite(), field: "admin"}
     assert_refused(post_guest(client, body), 400, "invalid_request", aws)
 

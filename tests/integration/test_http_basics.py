@@ -30,8 +30,11 @@ OKTA = provider_dict(
     exchange="sts",
 )
 # ``make_app`` overrides: a production broker with a secret in its config and a small body cap.
-HTTP: dict[str, Any] = {"service__secret_key": SECRET_KEY, "service__max_body": "1KiB",
-                        "providers": [OKTA]}
+HTTP: dict[str, Any] = {
+    "service__secret_key": SECRET_KEY,
+    "service__max_body": "1KiB",
+    "providers": [OKTA],
+}
 
 
 @pytest.fixture
@@ -88,9 +91,7 @@ def test_body_over_the_cap_is_413(app: Flask) -> None:
     assert app.test_client().post("/echo-for-test", data=b"x" * 1000).data == b"1000"
 
 
-def test_unhandled_exception_shows_only_the_request_id(
-    app: Flask, log_output: io.StringIO
-) -> None:
+def test_unhandled_exception_shows_only_the_request_id(app: Flask, log_output: io.StringIO) -> None:
     @app.get("/boom-for-test")
     def boom() -> str:
         raise RuntimeError(f"database password is {CLIENT_SECRET}")
@@ -145,9 +146,14 @@ def test_urls_come_from_public_url_never_from_host(app: Flask) -> None:
 
 def test_meeting_guests_get_no_login_button(make_app: MakeApp) -> None:
     guests = {
-        "name": "guests", "kind": "guest", "exchange": "sts",
-        "invite": {"issuer": "https://app.example.chat", "audience": "chime-broker",
-                   "jwks_url": "https://app.example.chat/.well-known/jwks.json"},
+        "name": "guests",
+        "kind": "guest",
+        "exchange": "sts",
+        "invite": {
+            "issuer": "https://app.example.chat",
+            "audience": "chime-broker",
+            "jwks_url": "https://app.example.chat/.well-known/jwks.json",
+        },
     }
     app = make_app(**{**HTTP, "providers": [OKTA, guests]})
     names = [p["name"] for p in app.test_client().get("/v1/providers").get_json()]
@@ -164,7 +170,10 @@ def test_meeting_guests_get_no_login_button(make_app: MakeApp) -> None:
     ],
 )
 def test_client_address_believes_only_trusted_proxy_hops(
-    proxies: int, forwarded_for: str, expected_client: str, log_output: io.StringIO,
+    proxies: int,
+    forwarded_for: str,
+    expected_client: str,
+    log_output: io.StringIO,
     make_app: MakeApp,
 ) -> None:
     app = make_app(**HTTP, service__trusted_proxies=proxies)
@@ -190,9 +199,7 @@ def test_health_and_readiness(app: Flask) -> None:
     assert ready.get_json()["checks"] == {"config": "ok", "store": "ok"}
 
 
-def test_readiness_fails_when_the_store_is_unreachable(
-    closed_port: int, make_app: MakeApp
-) -> None:
+def test_readiness_fails_when_the_store_is_unreachable(closed_port: int, make_app: MakeApp) -> None:
     store = open_store(f"redis://127.0.0.1:{closed_port}/0")
     app = make_app(**HTTP, store=store)
     assert_problem(app.test_client().get("/readyz"), 503, "upstream_unavailable")

@@ -71,8 +71,9 @@ class Rig:
             self.create_params(user_id, name, expires=expires),
         )
 
-    def expect_create_error(self, user_id: str, name: str, code: str, status: int,
-                            *, expires: bool = False) -> None:
+    def expect_create_error(
+        self, user_id: str, name: str, code: str, status: int, *, expires: bool = False
+    ) -> None:
         self.identity.add_client_error(
             "create_app_instance_user",
             service_error_code=code,
@@ -81,9 +82,15 @@ class Rig:
             expected_params=self.create_params(user_id, name, expires=expires),
         )
 
-    def expect_describe(self, user_id: str, name: str, *, metadata: str = "",
-                        created: datetime | None = None, expiration_days: int | None = None
-                        ) -> None:
+    def expect_describe(
+        self,
+        user_id: str,
+        name: str,
+        *,
+        metadata: str = "",
+        created: datetime | None = None,
+        expiration_days: int | None = None,
+    ) -> None:
         found: dict[str, Any] = {
             "AppInstanceUserArn": self.user_arn(user_id),
             "Name": name,
@@ -92,7 +99,8 @@ class Rig:
         }
         if expiration_days is not None:
             found["ExpirationSettings"] = {
-                "ExpirationDays": expiration_days, "ExpirationCriterion": "CREATED_TIMESTAMP"
+                "ExpirationDays": expiration_days,
+                "ExpirationCriterion": "CREATED_TIMESTAMP",
             }
         self.identity.add_response(
             "describe_app_instance_user",
@@ -110,27 +118,39 @@ class Rig:
 
 @pytest.fixture
 def make_rig(
-    aws: AwsWorld, oidc_provider: DevIdentityProvider, make_config: MakeConfig,
+    aws: AwsWorld,
+    oidc_provider: DevIdentityProvider,
+    make_config: MakeConfig,
     make_app: MakeApp,
 ) -> Iterator[Callable[..., Rig]]:
     oidc_provider.register_client(CLIENT_ID)
     stubbers: list[Stubber] = []
 
-    def build(
-        *, provision: bool = True, endpoint: bool = False, store: Store | None = None
-    ) -> Rig:
+    def build(*, provision: bool = True, endpoint: bool = False, store: Store | None = None) -> Rig:
         config = make_config(
             chime__provision_users=provision,
             chime__messaging_endpoint=endpoint,
             providers=[
-                {"name": "corp", "kind": "oidc", "issuer": oidc_provider.issuer,
-                 "client_id": CLIENT_ID, "exchange": "sts",
-                 "map": {"user_id": "corp-{sub}", "display_name": "{name}"}},
-                {"name": "guests", "kind": "guest", "exchange": "sts",
-                 "invite": {"issuer": INVITE_ISSUER, "audience": "chime-broker",
-                            "shared_secret": INVITE_SECRET},
-                 "user_expiration_days": EXPIRATION_DAYS,
-                 "map": {"user_id": "guest-{sub}"}},
+                {
+                    "name": "corp",
+                    "kind": "oidc",
+                    "issuer": oidc_provider.issuer,
+                    "client_id": CLIENT_ID,
+                    "exchange": "sts",
+                    "map": {"user_id": "corp-{sub}", "display_name": "{name}"},
+                },
+                {
+                    "name": "guests",
+                    "kind": "guest",
+                    "exchange": "sts",
+                    "invite": {
+                        "issuer": INVITE_ISSUER,
+                        "audience": "chime-broker",
+                        "shared_secret": INVITE_SECRET,
+                    },
+                    "user_expiration_days": EXPIRATION_DAYS,
+                    "map": {"user_id": "guest-{sub}"},
+                },
             ],
         )
         clients = AwsClients(config, max_pool_connections=4)
@@ -153,17 +173,26 @@ def make_rig(
 
 
 def login(rig: Rig, idp: DevIdentityProvider, sub: str, name: str) -> Any:
-    token = idp.mint_id_token({"sub": sub, "name": name, "jti": uuid.uuid4().hex},
-                              audience=CLIENT_ID)
+    token = idp.mint_id_token(
+        {"sub": sub, "name": name, "jti": uuid.uuid4().hex}, audience=CLIENT_ID
+    )
     return rig.client.post("/v1/token", json={"provider": "corp", "id_token": token})
 
 
 def guest_login(rig: Rig, sub: str, name: str, token: str | None = None) -> Any:
     now = int(time.time())
     token = token or jwt.encode(
-        {"iss": INVITE_ISSUER, "aud": "chime-broker", "iat": now, "exp": now + 600,
-         "jti": uuid.uuid4().hex, "sub": sub, "name": name},
-        INVITE_SECRET, algorithm="HS256",
+        {
+            "iss": INVITE_ISSUER,
+            "aud": "chime-broker",
+            "iat": now,
+            "exp": now + 600,
+            "jti": uuid.uuid4().hex,
+            "sub": sub,
+            "name": name,
+        },
+        INVITE_SECRET,
+        algorithm="HS256",
     )
     return rig.client.post("/v1/guest", json={"provider": "guests", "invite": token})
 
@@ -201,8 +230,7 @@ def test_each_user_is_created_once(
 
     for _ in range(2):
         assert_ok(login(rig, oidc_provider, "ada", "Ada Lovelace"), "corp-ada", "Ada Lovelace")
-        assert_ok(login(rig, oidc_provider, "grace", "Grace Hopper"), "corp-grace",
-                  "Grace Hopper")
+        assert_ok(login(rig, oidc_provider, "grace", "Grace Hopper"), "corp-grace", "Grace Hopper")
 
     rig.identity.assert_no_pending_responses()
 
@@ -264,8 +292,11 @@ def test_a_guest_user_is_created_to_expire_with_the_invites_name(
 
 @pytest.mark.parametrize("how", [*UNREADABLE, "bare digest"])
 def test_a_user_remembered_in_a_form_this_version_does_not_read_is_provisioned_again(
-    how: str, aws: AwsWorld, oidc_provider: DevIdentityProvider,
-    make_rig: Callable[..., Rig], local_store: Store,
+    how: str,
+    aws: AwsWorld,
+    oidc_provider: DevIdentityProvider,
+    make_rig: Callable[..., Rig],
+    local_store: Store,
 ) -> None:
     rig = make_rig(store=local_store)
     rig.expect_create("corp-ada", "Ada Lovelace")
@@ -287,14 +318,13 @@ def test_a_user_remembered_in_a_form_this_version_does_not_read_is_provisioned_a
     rig.identity.assert_no_pending_responses()
 
 
-def test_a_guest_user_about_to_expire_is_not_remembered(
-    make_rig: Callable[..., Rig]
-) -> None:
+def test_a_guest_user_about_to_expire_is_not_remembered(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig()
     almost_expired = datetime.now(UTC) - timedelta(days=EXPIRATION_DAYS, minutes=-30)
     rig.expect_create_error("guest-attendee-9", "Grace", "ConflictException", 409, expires=True)
-    rig.expect_describe("guest-attendee-9", "Grace", created=almost_expired,
-                        expiration_days=EXPIRATION_DAYS)
+    rig.expect_describe(
+        "guest-attendee-9", "Grace", created=almost_expired, expiration_days=EXPIRATION_DAYS
+    )
     # Chime deletes it within the hour: the next login must ask again.
     rig.expect_create("guest-attendee-9", "Grace", expires=True)
 
@@ -306,11 +336,18 @@ def test_a_guest_user_about_to_expire_is_not_remembered(
 
 @pytest.mark.parametrize(
     ("code", "status"),
-    [("ServiceFailureException", 500), ("ForbiddenException", 403),
-     ("BadRequestException", 400), ("ResourceLimitExceededException", 400)],
+    [
+        ("ServiceFailureException", 500),
+        ("ForbiddenException", 403),
+        ("BadRequestException", 400),
+        ("ResourceLimitExceededException", 400),
+    ],
 )
 def test_a_failing_create_yields_a_502_and_no_credentials(
-    code: str, status: int, aws: AwsWorld, oidc_provider: DevIdentityProvider,
+    code: str,
+    status: int,
+    aws: AwsWorld,
+    oidc_provider: DevIdentityProvider,
     make_rig: Callable[..., Rig],
 ) -> None:
     rig = make_rig()
@@ -346,17 +383,26 @@ def test_chime_throttling_is_a_429_with_retry_after_and_no_credentials(
 
 
 def test_a_guest_whose_provisioning_failed_may_use_its_invite_again(
-    make_rig: Callable[..., Rig]
+    make_rig: Callable[..., Rig],
 ) -> None:
     rig = make_rig()
-    rig.expect_create_error("guest-attendee-9", "Grace", "ServiceUnavailableException", 503,
-                            expires=True)
+    rig.expect_create_error(
+        "guest-attendee-9", "Grace", "ServiceUnavailableException", 503, expires=True
+    )
     rig.expect_create("guest-attendee-9", "Grace", expires=True)
     now = int(time.time())
     invite = jwt.encode(
-        {"iss": INVITE_ISSUER, "aud": "chime-broker", "iat": now, "exp": now + 600,
-         "jti": "one-invite", "sub": "attendee-9", "name": "Grace"},
-        INVITE_SECRET, algorithm="HS256",
+        {
+            "iss": INVITE_ISSUER,
+            "aud": "chime-broker",
+            "iat": now,
+            "exp": now + 600,
+            "jti": "one-invite",
+            "sub": "attendee-9",
+            "name": "Grace",
+        },
+        INVITE_SECRET,
+        algorithm="HS256",
     )
 
     assert guest_login(rig, "attendee-9", "Grace", invite).status_code == 502
@@ -372,8 +418,7 @@ def test_without_provision_users_chime_is_never_called(
     oidc_provider: DevIdentityProvider, make_rig: Callable[..., Rig]
 ) -> None:
     rig = make_rig(provision=False)
-    body = assert_ok(login(rig, oidc_provider, "ada", "Ada Lovelace"), "corp-ada",
-                     "Ada Lovelace")
+    body = assert_ok(login(rig, oidc_provider, "ada", "Ada Lovelace"), "corp-ada", "Ada Lovelace")
     assert "messaging_session_endpoint" not in body
 
 
@@ -384,8 +429,9 @@ def test_every_credentials_body_carries_the_messaging_endpoint_fetched_once(
     oidc_provider: DevIdentityProvider, make_rig: Callable[..., Rig]
 ) -> None:
     rig = make_rig(provision=False, endpoint=True)
-    rig.messaging.add_response("get_messaging_session_endpoint",
-                               {"Endpoint": {"Url": ENDPOINT_URL}}, {})
+    rig.messaging.add_response(
+        "get_messaging_session_endpoint", {"Endpoint": {"Url": ENDPOINT_URL}}, {}
+    )
 
     bodies = [
         assert_ok(login(rig, oidc_provider, "ada", "Ada"), "corp-ada", "Ada"),
@@ -401,9 +447,12 @@ def test_an_unavailable_messaging_endpoint_is_an_upstream_error(
     oidc_provider: DevIdentityProvider, make_rig: Callable[..., Rig]
 ) -> None:
     rig = make_rig(provision=False, endpoint=True)
-    rig.messaging.add_client_error("get_messaging_session_endpoint",
-                                   service_error_code="ServiceFailureException",
-                                   http_status_code=500, expected_params={})
+    rig.messaging.add_client_error(
+        "get_messaging_session_endpoint",
+        service_error_code="ServiceFailureException",
+        http_status_code=500,
+        expected_params={},
+    )
 
     response = login(rig, oidc_provider, "ada", "Ada")
 

@@ -140,8 +140,11 @@ class Browser:
 
     def api(self, method: str, path: str) -> requests.Response:
         return self.http.request(
-            method, f"{self.broker.url}{path}", headers={"Origin": SPA},
-            allow_redirects=False, timeout=10,
+            method,
+            f"{self.broker.url}{path}",
+            headers={"Origin": SPA},
+            allow_redirects=False,
+            timeout=10,
         )
 
     def session_status(self) -> int:
@@ -222,8 +225,14 @@ def test_a_saml_login_opens_a_session_that_vends_for_the_asserted_user(
     broker: LiveServer, browser: Browser, saml_idp: SamlIdp, aws: Any
 ) -> None:
     listed = requests.get(f"{broker.url}/v1/providers", timeout=10).json()
-    assert listed == [{"name": "corp", "kind": "saml", "display_name": "Corp SSO",
-                       "login_url": f"{broker.url}/v1/login/corp"}]
+    assert listed == [
+        {
+            "name": "corp",
+            "kind": "saml",
+            "display_name": "Corp SSO",
+            "login_url": f"{broker.url}/v1/login/corp",
+        }
+    ]
 
     return_to = f"{SPA_HOME}chat?room=1"
     response = browser.get(listed[0]["login_url"], params={"return_to": return_to})
@@ -248,7 +257,9 @@ def test_a_saml_login_opens_a_session_that_vends_for_the_asserted_user(
     me = browser.api("GET", "/v1/session").json()
     arn = f"{aws.app_instance_arn}/user/corp-{ALICE}"
     assert (me["provider"], me["user_id"], me["display_name"]) == (
-        "corp", f"corp-{ALICE}", "Alice Example"
+        "corp",
+        f"corp-{ALICE}",
+        "Alice Example",
     )
     assert me["app_instance_user_arn"] == arn
 
@@ -309,8 +320,9 @@ def test_a_native_app_finishes_a_saml_login_with_the_one_time_code(
     again = requests.post(f"{broker.url}/v1/token", json=exchange, timeout=10)
     assert_problem(again, 400, "invalid_request")
     assert aws.recorder.requests() == []
-    who = requests.get(f"{broker.url}/v1/session",
-                       headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    who = requests.get(
+        f"{broker.url}/v1/session", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
     assert who.json()["user_id"] == f"corp-{ALICE}"
 
 
@@ -352,9 +364,7 @@ ATTACKS: dict[str, Callable[[Browser, Login], str]] = {
     "forged assertion before the signed one": _wrapped(idp_kit.xsw_forged_before),
     "forged assertion after the signed one": _wrapped(idp_kit.xsw_forged_after),
     "signed assertion wrapped inside the forged one": _wrapped(idp_kit.xsw_wrapped),
-    "signed assertion inside the forged one's Signature": _wrapped(
-        idp_kit.xsw_in_signature_object
-    ),
+    "signed assertion inside the forged one's Signature": _wrapped(idp_kit.xsw_in_signature_object),
     "signed assertion hidden in Extensions": _wrapped(idp_kit.xsw_in_extensions),
     "a second, unsigned assertion": _wrapped(idp_kit.with_second_assertion),
     "unsigned assertion": _signed(sign_assertion=False),
@@ -427,8 +437,9 @@ def test_a_replayed_assertion_grants_nothing(
     assert_nothing_granted(attacker, replayed, aws)
     # The same assertion id, even signed again for the attacker's request.
     own = attacker.begin(return_to=SPA_HOME)
-    resigned = attacker.post_acs(encode(answer(attacker, own, assertion_id="_once")),
-                                 own.relay_state)
+    resigned = attacker.post_acs(
+        encode(answer(attacker, own, assertion_id="_once")), own.relay_state
+    )
     assert_error_redirect(resigned, "invalid_token")
     assert_nothing_granted(attacker, resigned, aws)
 
@@ -445,9 +456,7 @@ def test_a_two_megabyte_body_is_refused_before_it_is_read(
     assert_nothing_granted(browser, refused, aws)
 
 
-def test_the_acs_takes_more_than_the_usual_body_cap(
-    broker: LiveServer, browser: Browser
-) -> None:
+def test_the_acs_takes_more_than_the_usual_body_cap(broker: LiveServer, browser: Browser) -> None:
     login = browser.begin(return_to=SPA_HOME)
     # Over service.max_body (64 KiB), under the ACS's 1 MiB.
     groups = (SamlAttribute("groups", tuple(f"group-{i:05d}" for i in range(4000))),)
@@ -481,8 +490,9 @@ def test_the_oidc_callback_does_not_take_a_saml_transaction(
     broker: LiveServer, browser: Browser
 ) -> None:
     login = browser.begin(return_to=SPA_HOME)
-    refused = browser.get(f"{broker.url}/v1/callback/corp",
-                          params={"state": login.relay_state, "code": "x"})
+    refused = browser.get(
+        f"{broker.url}/v1/callback/corp", params={"state": login.relay_state, "code": "x"}
+    )
     assert_problem(refused, 400, "invalid_request")
     done = browser.post_acs(encode(answer(browser, login)), login.relay_state)
     assert done.status_code == 302 and COOKIE in set_cookies(done)
@@ -493,12 +503,18 @@ def test_the_acs_takes_a_form_with_each_field_once(
 ) -> None:
     login = browser.begin(return_to=SPA_HOME)
     saml_response = encode(answer(browser, login))
-    as_json = browser.post(browser.acs_url,
-                           json={"SAMLResponse": saml_response, "RelayState": login.relay_state})
+    as_json = browser.post(
+        browser.acs_url, json={"SAMLResponse": saml_response, "RelayState": login.relay_state}
+    )
     assert_problem(as_json, 415, "unsupported_media_type")
-    twice = browser.post(browser.acs_url, data=[("SAMLResponse", saml_response),
-                                                ("SAMLResponse", saml_response),
-                                                ("RelayState", login.relay_state)])
+    twice = browser.post(
+        browser.acs_url,
+        data=[
+            ("SAMLResponse", saml_response),
+            ("SAMLResponse", saml_response),
+            ("RelayState", login.relay_state),
+        ],
+    )
     assert_problem(twice, 400, "invalid_request")
     assert_nothing_granted(browser, twice, aws)
 
@@ -512,8 +528,12 @@ def test_a_login_while_the_idp_metadata_is_unavailable_goes_back_with_an_error(
 ) -> None:
     saml_idp.fault = MetadataFault(status=503)
     server = live_broker(lambda url: saml_config(url, aws, saml_idp))
-    response = requests.get(f"{server.url}/v1/login/corp", params={"return_to": SPA_HOME},
-                            allow_redirects=False, timeout=10)
+    response = requests.get(
+        f"{server.url}/v1/login/corp",
+        params={"return_to": SPA_HOME},
+        allow_redirects=False,
+        timeout=10,
+    )
     assert_error_redirect(response, "upstream_unavailable")
     assert PRE_LOGIN_COOKIE not in set_cookies(response)
     ready = requests.get(f"{server.url}/readyz", timeout=10)
@@ -553,9 +573,7 @@ def test_idp_initiated_sign_in_is_refused_by_default(
 
 
 @pytest.fixture
-def idp_initiated(
-    live_broker: Callable[..., LiveServer], aws: Any, saml_idp: SamlIdp
-) -> Browser:
+def idp_initiated(live_broker: Callable[..., LiveServer], aws: Any, saml_idp: SamlIdp) -> Browser:
     """A browser at a broker whose ``corp`` provider allows IdP-initiated sign-in."""
     server = live_broker(lambda url: saml_config(url, aws, saml_idp, allow_idp_initiated=True))
     return Browser(server, saml_idp)
@@ -616,9 +634,11 @@ def test_sp_metadata_is_valid_and_built_from_the_public_url(
 ) -> None:
     public_url = "https://auth.example.chat/broker"
     server = live_broker(saml_config(public_url, aws, saml_idp))
-    response = requests.get(f"{server.url}/v1/saml/corp/metadata",
-                            headers={"Host": "evil.example", "X-Forwarded-Host": "evil.example"},
-                            timeout=10)
+    response = requests.get(
+        f"{server.url}/v1/saml/corp/metadata",
+        headers={"Host": "evil.example", "X-Forwarded-Host": "evil.example"},
+        timeout=10,
+    )
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("application/samlmetadata+xml")
     xml = response.text
@@ -642,6 +662,7 @@ def test_sp_metadata_is_valid_and_built_from_the_public_url(
 
     unknown = requests.get(f"{server.url}/v1/saml/nobody/metadata", timeout=10)
     assert_problem(unknown, 404, "unknown_provider")
-    unknown_acs = requests.post(f"{server.url}/v1/saml/nobody/acs",
-                                data={"SAMLResponse": "x"}, timeout=10)
+    unknown_acs = requests.post(
+        f"{server.url}/v1/saml/nobody/acs", data={"SAMLResponse": "x"}, timeout=10
+    )
     assert_problem(unknown_acs, 404, "unknown_provider")

@@ -38,9 +38,14 @@ def corp(idp: Any, exchange: str, **service: Any) -> dict[str, Any]:
         "service__session_lifetime": "1h",
         **{f"service__{name}": value for name, value in service.items()},
         "providers": [
-            {"name": "corp", "kind": "oidc", "issuer": idp.issuer, "client_id": CLIENT_ID,
-             "exchange": exchange,
-             "map": {"user_id": "{sub}" if exchange == "cognito" else "corp-{sub}"}},
+            {
+                "name": "corp",
+                "kind": "oidc",
+                "issuer": idp.issuer,
+                "client_id": CLIENT_ID,
+                "exchange": exchange,
+                "map": {"user_id": "{sub}" if exchange == "cognito" else "corp-{sub}"},
+            },
         ],
     }
 
@@ -108,7 +113,11 @@ def test_cognito_mode_needs_a_valid_upstream_token(
     [(0, 3600), (40 * 60, 1200), (55 * 60, 900)],
 )
 def test_sts_credentials_never_outlive_the_session_more_than_sts_requires(
-    elapsed: int, expected_duration: int, aws: Any, oidc_provider: Any, clock: FakeClock,
+    elapsed: int,
+    expected_duration: int,
+    aws: Any,
+    oidc_provider: Any,
+    clock: FakeClock,
     make_app: MakeApp,
 ) -> None:
     app = make_app(**corp(oidc_provider, "sts", cache_credentials=False), clock=clock)
@@ -194,8 +203,9 @@ def test_a_session_stored_in_a_form_this_version_does_not_read_is_no_session(
     aws.recorder.reset()
 
     assert_unauthenticated(refresh(client, session))
-    assert_unauthenticated(client.get("/v1/credentials/container",
-                                      headers={"Authorization": session}))
+    assert_unauthenticated(
+        client.get("/v1/credentials/container", headers={"Authorization": session})
+    )
     assert aws.recorder.requests() == []
 
 
@@ -208,8 +218,9 @@ def test_logout_ends_a_bearer_session(aws: Any, oidc_provider: Any, make_app: Ma
     assert response.get_json() == {"end_session_url": None}
     aws.recorder.reset()
     assert_unauthenticated(refresh(client, session))
-    assert_unauthenticated(client.get("/v1/credentials/container",
-                                      headers={"Authorization": session}))
+    assert_unauthenticated(
+        client.get("/v1/credentials/container", headers={"Authorization": session})
+    )
     assert_unauthenticated(
         client.post("/v1/logout", headers={"Authorization": f"Bearer {session}"})
     )
@@ -218,8 +229,16 @@ def test_logout_ends_a_bearer_session(aws: Any, oidc_provider: Any, make_app: Ma
 
 @pytest.mark.parametrize(
     "authorization",
-    [None, "", "cbs_not-a-session", "Bearer {token}", "bearer {token}", "{token} extra",
-     "Basic {token}", "{token}x"],
+    [
+        None,
+        "",
+        "cbs_not-a-session",
+        "Bearer {token}",
+        "bearer {token}",
+        "{token} extra",
+        "Basic {token}",
+        "{token}x",
+    ],
 )
 def test_the_container_endpoint_takes_exactly_the_bare_token(
     authorization: str | None, aws: Any, oidc_provider: Any, make_app: MakeApp
@@ -227,9 +246,9 @@ def test_the_container_endpoint_takes_exactly_the_bare_token(
     client = make_app(**corp(oidc_provider, "sts")).test_client()
     session = start(client, oidc_provider)["broker_session"]["token"]
     aws.recorder.reset()
-    headers = {} if authorization is None else {
-        "Authorization": authorization.format(token=session)
-    }
+    headers = (
+        {} if authorization is None else {"Authorization": authorization.format(token=session)}
+    )
     assert_unauthenticated(client.get("/v1/credentials/container", headers=headers))
     assert aws.recorder.requests() == []
     good = client.get("/v1/credentials/container", headers={"Authorization": session})
@@ -272,28 +291,40 @@ def test_nothing_secret_is_readable_in_the_store(
         (col if isinstance(col, bytes) else str(col).encode()) for row in rows for col in row
     )
     for secret in (
-        session, sts_session, id_token, cached["secret_access_key"], cached["session_token"],
-        cached["access_key_id"], body["credentials"]["secret_access_key"], "alice", "corp-bob",
+        session,
+        sts_session,
+        id_token,
+        cached["secret_access_key"],
+        cached["session_token"],
+        cached["access_key_id"],
+        body["credentials"]["secret_access_key"],
+        "alice",
+        "corp-bob",
     ):
         assert secret.encode() not in dump
 
 
 def test_boto3_resolves_credentials_from_the_broker_by_itself(
-    aws: Any, oidc_provider: Any, live_broker: Any, monkeypatch: pytest.MonkeyPatch,
+    aws: Any,
+    oidc_provider: Any,
+    live_broker: Any,
+    monkeypatch: pytest.MonkeyPatch,
     make_config: MakeConfig,
 ) -> None:
     server = live_broker(make_config(**corp(oidc_provider, "sts")))
     oidc_provider.register_client(CLIENT_ID)
     id_token = oidc_provider.mint_id_token({"sub": "alice"}, audience=CLIENT_ID)
-    body = requests.post(f"{server.url}/v1/token",
-                         json={"provider": "corp", "id_token": id_token}, timeout=10).json()
+    body = requests.post(
+        f"{server.url}/v1/token", json={"provider": "corp", "id_token": id_token}, timeout=10
+    ).json()
     session = body["broker_session"]["token"]
     # The broker's own STS client holds the server's credentials now; from here on only the
     # container provider can give the client process any.
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                       f"{server.url}/v1/credentials/container")
+    monkeypatch.setenv(
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI", f"{server.url}/v1/credentials/container"
+    )
     monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", session)
 
     boto_session = boto3.session.Session(region_name=aws.region)
@@ -306,8 +337,9 @@ def test_boto3_resolves_credentials_from_the_broker_by_itself(
     frozen = credentials.get_frozen_credentials()
     assert f"Credential={frozen.access_key}/" in request.headers["Authorization"]
 
-    requests.post(f"{server.url}/v1/logout", headers={"Authorization": f"Bearer {session}"},
-                  timeout=10).raise_for_status()
+    requests.post(
+        f"{server.url}/v1/logout", headers={"Authorization": f"Bearer {session}"}, timeout=10
+    ).raise_for_status()
     # The SDK retries a refused fetch after a second; the wait is not what is tested here.
     fetcher = ContainerMetadataFetcher(sleep=lambda _seconds: None)
     with pytest.raises(CredentialRetrievalError):

@@ -256,9 +256,7 @@ def test_incr_from_many_threads_counts_exactly(store: Store) -> None:
 # Workers run in spawned processes: each opens the store from the URL itself.
 
 
-def _worker(
-    operation: str, url: str, key: str, index: int, start: Any, results: Any
-) -> None:
+def _worker(operation: str, url: str, key: str, index: int, start: Any, results: Any) -> None:
     try:
         store = open_store(url)
         try:
@@ -352,9 +350,7 @@ def test_sqlite_file_is_in_wal_mode_and_private(tmp_path: Path) -> None:
         store.close()
 
 
-def test_sqlite_relative_and_absolute_urls(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sqlite_relative_and_absolute_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "var").mkdir()
     relative = open_store("sqlite:///var/relative.db")
@@ -425,8 +421,7 @@ def test_sqlite_store_keeps_working_across_fork(tmp_path: Path) -> None:
         ctx = multiprocessing.get_context("fork")
         results = ctx.Queue()
         children = [
-            ctx.Process(target=_incr_in_forked_child, args=(store, path, results))
-            for _ in range(3)
+            ctx.Process(target=_incr_in_forked_child, args=(store, path, results)) for _ in range(3)
         ]
         for child in children:
             child.start()

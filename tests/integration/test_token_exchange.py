@@ -51,22 +51,55 @@ def provider_entries(
     issuer = oidc_provider.issuer
     jwks = oidc_provider.url("/jwks")
     return {
-        "oidc": {"name": "corp", "kind": "oidc", "issuer": issuer, "client_id": CLIENT_ID,
-                 "exchange": "cognito"},
-        "google": {"name": "google", "kind": "google", "client_ids": [CLIENT_ID, "web-app"],
-                   "issuer": issuer, "jwks_url": jwks, "exchange": "cognito"},
-        "apple": {"name": "apple", "kind": "apple", "client_ids": [CLIENT_ID],
-                  "issuer": issuer, "jwks_url": jwks, "exchange": "cognito"},
-        "cognito_user_pool": {"name": "pool", "kind": "cognito_user_pool",
-                              "user_pool_id": "us-east-1_TestPool", "client_ids": [CLIENT_ID],
-                              "issuer": issuer, "jwks_url": jwks, "exchange": "cognito"},
-        "facebook": {"name": "facebook", "kind": "facebook", "app_id": FACEBOOK_APP_ID,
-                     "app_secret": FACEBOOK_APP_SECRET,
-                     "debug_token_url": facebook_api.debug_token_url,
-                     "userinfo_url": facebook_api.userinfo_url, "exchange": "cognito"},
-        "amazon": {"name": "amazon", "kind": "amazon", "client_ids": [AMAZON_CLIENT_ID],
-                   "tokeninfo_url": amazon_api.tokeninfo_url,
-                   "userinfo_url": amazon_api.userinfo_url, "exchange": "cognito"},
+        "oidc": {
+            "name": "corp",
+            "kind": "oidc",
+            "issuer": issuer,
+            "client_id": CLIENT_ID,
+            "exchange": "cognito",
+        },
+        "google": {
+            "name": "google",
+            "kind": "google",
+            "client_ids": [CLIENT_ID, "web-app"],
+            "issuer": issuer,
+            "jwks_url": jwks,
+            "exchange": "cognito",
+        },
+        "apple": {
+            "name": "apple",
+            "kind": "apple",
+            "client_ids": [CLIENT_ID],
+            "issuer": issuer,
+            "jwks_url": jwks,
+            "exchange": "cognito",
+        },
+        "cognito_user_pool": {
+            "name": "pool",
+            "kind": "cognito_user_pool",
+            "user_pool_id": "us-east-1_TestPool",
+            "client_ids": [CLIENT_ID],
+            "issuer": issuer,
+            "jwks_url": jwks,
+            "exchange": "cognito",
+        },
+        "facebook": {
+            "name": "facebook",
+            "kind": "facebook",
+            "app_id": FACEBOOK_APP_ID,
+            "app_secret": FACEBOOK_APP_SECRET,
+            "debug_token_url": facebook_api.debug_token_url,
+            "userinfo_url": facebook_api.userinfo_url,
+            "exchange": "cognito",
+        },
+        "amazon": {
+            "name": "amazon",
+            "kind": "amazon",
+            "client_ids": [AMAZON_CLIENT_ID],
+            "tokeninfo_url": amazon_api.tokeninfo_url,
+            "userinfo_url": amazon_api.userinfo_url,
+            "exchange": "cognito",
+        },
     }
 
 
@@ -79,8 +112,9 @@ LOGIN_KEYS = {
 }
 
 
-def upstream_token(kind: str, sub: str, oidc_provider: Any, facebook_api: Any,
-                   amazon_api: Any) -> tuple[str, str]:
+def upstream_token(
+    kind: str, sub: str, oidc_provider: Any, facebook_api: Any, amazon_api: Any
+) -> tuple[str, str]:
     """(field, token) a mobile app of ``kind`` would send for user ``sub``."""
     if kind in ("facebook", "amazon"):
         token = f"{kind}-access-token-for-{sub}"
@@ -101,8 +135,13 @@ def post_token(client: FlaskClient, body: dict[str, Any]) -> Any:
 
 @pytest.mark.parametrize("kind", [*list(LOGIN_KEYS), "oidc"])
 def test_each_kind_exchanges_a_token_for_one_users_credentials(
-    kind: str, aws: Any, oidc_provider: Any, facebook_api: Any, amazon_api: Any,
-    provider_entries: dict[str, dict[str, Any]], client_for: ClientFor,
+    kind: str,
+    aws: Any,
+    oidc_provider: Any,
+    facebook_api: Any,
+    amazon_api: Any,
+    provider_entries: dict[str, dict[str, Any]],
+    client_for: ClientFor,
 ) -> None:
     entry = provider_entries[kind]
     entry["custom_role_arn"] = aws.user_role_arn
@@ -123,7 +162,10 @@ def test_each_kind_exchanges_a_token_for_one_users_credentials(
     assert body["region"] == "us-east-1"
     assert body["identity_id"].startswith("us-east-1:")
     assert set(body["credentials"]) == {
-        "access_key_id", "secret_access_key", "session_token", "expiration"
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "expiration",
     }
     assert body["credentials"]["expiration"].endswith("Z")
     assert body["broker_session"]["token"].startswith("cbs_")
@@ -133,25 +175,39 @@ def test_each_kind_exchanges_a_token_for_one_users_credentials(
     assert get_id == [{"IdentityPoolId": aws.identity_pool_id, "Logins": {login_key: token}}]
     get_creds = aws.recorder.calls("GetCredentialsForIdentity")
     assert get_creds == [
-        {"IdentityId": body["identity_id"], "Logins": {login_key: token},
-         "CustomRoleArn": aws.user_role_arn}
+        {
+            "IdentityId": body["identity_id"],
+            "Logins": {login_key: token},
+            "CustomRoleArn": aws.user_role_arn,
+        }
     ]
 
 
 def test_a_returning_user_causes_no_second_get_id(
-    aws: Any, oidc_provider: Any, provider_entries: dict[str, dict[str, Any]],
+    aws: Any,
+    oidc_provider: Any,
+    provider_entries: dict[str, dict[str, Any]],
     client_for: ClientFor,
 ) -> None:
     client = client_for([provider_entries["oidc"]])
-    first = post_token(client, {"provider": "corp",
-                                "id_token": oidc_provider.mint_id_token({"sub": "alice"},
-                                                                        audience=CLIENT_ID)})
-    second_token = oidc_provider.mint_id_token({"sub": "alice", "jti": "another"},
-                                               audience=CLIENT_ID)
+    first = post_token(
+        client,
+        {
+            "provider": "corp",
+            "id_token": oidc_provider.mint_id_token({"sub": "alice"}, audience=CLIENT_ID),
+        },
+    )
+    second_token = oidc_provider.mint_id_token(
+        {"sub": "alice", "jti": "another"}, audience=CLIENT_ID
+    )
     second = post_token(client, {"provider": "corp", "id_token": second_token})
-    other = post_token(client, {"provider": "corp",
-                                "id_token": oidc_provider.mint_id_token({"sub": "bob"},
-                                                                        audience=CLIENT_ID)})
+    other = post_token(
+        client,
+        {
+            "provider": "corp",
+            "id_token": oidc_provider.mint_id_token({"sub": "bob"}, audience=CLIENT_ID),
+        },
+    )
     assert first.status_code == second.status_code == other.status_code == 200
     assert first.get_json()["identity_id"] == second.get_json()["identity_id"]
     sessions = {r.get_json()["broker_session"]["token"] for r in (first, second, other)}
@@ -164,7 +220,9 @@ def test_a_returning_user_causes_no_second_get_id(
 
 
 def test_key_rotation_at_the_idp_is_followed_without_a_restart(
-    aws: Any, oidc_provider: Any, provider_entries: dict[str, dict[str, Any]],
+    aws: Any,
+    oidc_provider: Any,
+    provider_entries: dict[str, dict[str, Any]],
     client_for: ClientFor,
 ) -> None:
     client = client_for([provider_entries["oidc"]])
@@ -181,13 +239,17 @@ def test_key_rotation_at_the_idp_is_followed_without_a_restart(
 def _segments(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
     header, payload, signature = token.split(".")
     pad = lambda s: s + "=" * (-len(s) % 4)  # noqa: E731
-    return (json.loads(base64.urlsafe_b64decode(pad(header))),
-            json.loads(base64.urlsafe_b64decode(pad(payload))), signature)
+    return (
+        json.loads(base64.urlsafe_b64decode(pad(header))),
+        json.loads(base64.urlsafe_b64decode(pad(payload))),
+        signature,
+    )
 
 
 def _assemble(header: dict[str, Any], payload: dict[str, Any], signature: str) -> str:
-    return ".".join([b64url(json.dumps(header).encode()), b64url(json.dumps(payload).encode()),
-                     signature])
+    return ".".join(
+        [b64url(json.dumps(header).encode()), b64url(json.dumps(payload).encode()), signature]
+    )
 
 
 def alg_none(idp: Any) -> str:
@@ -229,10 +291,17 @@ def embedded_key(header_field: str) -> Callable[[Any], str]:
             "x5c": {"x5c": ["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"]},
         }[header_field]
         now = int(time.time())
-        claims = {"iss": idp.issuer, "aud": CLIENT_ID, "sub": "mallory", "iat": now,
-                  "exp": now + 300}
-        return jwt.encode(claims, ATTACKER_KEY, algorithm="RS256",
-                          headers={"kid": "attacker", **extra})
+        claims = {
+            "iss": idp.issuer,
+            "aud": CLIENT_ID,
+            "sub": "mallory",
+            "iat": now,
+            "exp": now + 300,
+        }
+        return jwt.encode(
+            claims, ATTACKER_KEY, algorithm="RS256", headers={"kid": "attacker", **extra}
+        )
+
     return build
 
 
@@ -241,12 +310,14 @@ def minted(claims: dict[str, Any] | None = None, **options: Any) -> Callable[[An
         merged = {"sub": "mallory", **(claims or {})}
         options.setdefault("audience", CLIENT_ID)
         return idp.mint_id_token(merged, **options)
+
     return build
 
 
 def with_header(**fields: Any) -> Callable[[Any], str]:
     def build(idp: Any) -> str:
         return idp.mint_id_token({"sub": "mallory"}, audience=CLIENT_ID, headers=fields)
+
     return build
 
 
@@ -281,8 +352,13 @@ INVALID_TOKENS: dict[str, Callable[[Any], str]] = {
 def corp_app(
     aws: Any, provider_entries: dict[str, dict[str, Any]], client_for: ClientFor
 ) -> FlaskClient:
-    partner = dict(provider_entries["oidc"], name="partner", client_id="partner-app",
-                   exchange="cognito_developer", map={"user_id": "partner-{sub}"})
+    partner = dict(
+        provider_entries["oidc"],
+        name="partner",
+        client_id="partner-app",
+        exchange="cognito_developer",
+        map={"user_id": "partner-{sub}"},
+    )
     return client_for([provider_entries["oidc"], partner])
 
 
@@ -313,8 +389,9 @@ def test_unknown_kids_cause_at_most_one_jwks_refresh(
     fetches = oidc_provider.jwks_fetches
     for kid in ("unknown-1", "unknown-2", "unknown-3"):
         token = oidc_provider.mint_id_token({"sub": "mallory"}, audience=CLIENT_ID, kid=kid)
-        assert_refused(post_token(corp_app, {"provider": "corp", "id_token": token}), 401,
-                       "invalid_token", aws)
+        assert_refused(
+            post_token(corp_app, {"provider": "corp", "id_token": token}), 401, "invalid_token", aws
+        )
     assert oidc_provider.jwks_fetches <= fetches + 1
 
 
@@ -323,8 +400,12 @@ def test_a_token_of_another_configured_provider_is_refused(
 ) -> None:
     oidc_provider.register_client("partner-app")
     partner_token = oidc_provider.mint_id_token({"sub": "alice"}, audience="partner-app")
-    assert_refused(post_token(corp_app, {"provider": "corp", "id_token": partner_token}),
-                   401, "invalid_token", aws)
+    assert_refused(
+        post_token(corp_app, {"provider": "corp", "id_token": partner_token}),
+        401,
+        "invalid_token",
+        aws,
+    )
 
 
 def test_a_one_megabyte_token_is_refused(aws: Any, corp_app: FlaskClient) -> None:
@@ -334,8 +415,12 @@ def test_a_one_megabyte_token_is_refused(aws: Any, corp_app: FlaskClient) -> Non
 
 @pytest.mark.parametrize("kind", ["facebook", "amazon"])
 def test_an_access_token_issued_to_another_app_is_refused(
-    kind: str, aws: Any, facebook_api: Any, amazon_api: Any,
-    provider_entries: dict[str, dict[str, Any]], client_for: ClientFor,
+    kind: str,
+    aws: Any,
+    facebook_api: Any,
+    amazon_api: Any,
+    provider_entries: dict[str, dict[str, Any]],
+    client_for: ClientFor,
 ) -> None:
     client = client_for([provider_entries[kind]])
     token = "token-issued-to-another-app"
@@ -369,27 +454,55 @@ def test_unprefixed_ids_in_another_providers_namespace_are_refused(
 @pytest.mark.parametrize(
     ("send", "status", "code"),
     [
-        (lambda c: c.post("/v1/token", data="provider=corp", content_type="text/plain"),
-         415, "unsupported_media_type"),
-        (lambda c: c.post("/v1/token", data="{not json", content_type="application/json"),
-         400, "invalid_request"),
+        (
+            lambda c: c.post("/v1/token", data="provider=corp", content_type="text/plain"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            lambda c: c.post("/v1/token", data="{not json", content_type="application/json"),
+            400,
+            "invalid_request",
+        ),
         (lambda c: c.post("/v1/token", json=["provider", "corp"]), 400, "invalid_request"),
         (lambda c: c.post("/v1/token", json={"provider": "corp"}), 400, "invalid_request"),
-        (lambda c: c.post("/v1/token", json={"provider": "corp", "id_token": 12}),
-         400, "invalid_request"),
-        (lambda c: c.post("/v1/token", json={"provider": "corp", "id_token": "x", "extra": 1}),
-         400, "invalid_request"),
-        (lambda c: c.post("/v1/token", json={"provider": "corp", "id_token": "x",
-                                             "access_token": "y"}), 400, "invalid_request"),
-        (lambda c: c.post("/v1/token", json={"provider": "nobody", "id_token": "x"}),
-         404, "unknown_provider"),
-        (lambda c: c.post("/v1/token", data=b"{" + b" " * 70000 + b"}",
-                          content_type="application/json"), 413, "payload_too_large"),
+        (
+            lambda c: c.post("/v1/token", json={"provider": "corp", "id_token": 12}),
+            400,
+            "invalid_request",
+        ),
+        (
+            lambda c: c.post("/v1/token", json={"provider": "corp", "id_token": "x", "extra": 1}),
+            400,
+            "invalid_request",
+        ),
+        (
+            lambda c: c.post(
+                "/v1/token", json={"provider": "corp", "id_token": "x", "access_token": "y"}
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            lambda c: c.post("/v1/token", json={"provider": "nobody", "id_token": "x"}),
+            404,
+            "unknown_provider",
+        ),
+        (
+            lambda c: c.post(
+                "/v1/token", data=b"{" + b" " * 70000 + b"}", content_type="application/json"
+            ),
+            413,
+            "payload_too_large",
+        ),
         (lambda c: c.get("/v1/token"), 405, "method_not_allowed"),
     ],
 )
 def test_malformed_requests_are_refused_before_any_aws_call(
-    send: Callable[[FlaskClient], Any], status: int, code: str, aws: Any,
+    send: Callable[[FlaskClient], Any],
+    status: int,
+    code: str,
+    aws: Any,
     corp_app: FlaskClient,
 ) -> None:
     assert_refused(send(corp_app), status, code, aws)

@@ -182,7 +182,10 @@ def assert_aware_utc_in_future(credentials: VendedCredentials) -> None:
 
 
 def test_registry_builds_one_vendor_per_exchange_mode_in_use(
-    aws: AwsWorld, config: BrokerConfig, clients: AwsClients, store: Store,
+    aws: AwsWorld,
+    config: BrokerConfig,
+    clients: AwsClients,
+    store: Store,
     make_config: MakeConfig,
 ) -> None:
     vendors = build_vendors(config, clients, store)

@@ -1182,8 +1182,9 @@ def test_shared_user_ids_need_both_sides() -> None:
 
 def _lands_in_namespace(config: BrokerConfig, provider: str, subject: str) -> bool:
     mapper = build_mappers(config.providers, user_tag=config.chime.user_tag)[provider]
-    principal = Principal(provider=provider, issuer="https://idp", subject=subject,
-                          claims={"sub": subject})
+    principal = Principal(
+        provider=provider, issuer="https://idp", subject=subject, claims={"sub": subject}
+    )
     try:
         mapper.map(principal)
     except UnmappableIdentity:

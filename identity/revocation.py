@@ -1,0 +1,209 @@
+"""Ending sessions from outside a request: "not before" markers and the per-user index.
+
+A revocation writes one constant-size marker — for a user of a provider, for a provider, or
+for every session — holding the time of the revocation. A session created at or before the
+newest marker that covers it reads as ended. The three markers that may cover a session are
+read with one :meth:`~identity.store.Store.get_many`, so a session lookup costs one extra
+round trip to the store, whatever the number of sessions. A marker lives as long as a session
+can (``service.session_lifetime``): after that, every session it covers has expired anyway.
+
+The per-user index lists the hashes, creation and expiry times of a user's sessions so that
+they can be counted and ended without scanning the store. It is updated when a session is
+created or ended; entries past their expiry are dropped whenever it is read.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+from pydantic import TypeAdapter
+
+from identity.records import StoredRecord, read_record
+from identity.sealing import Sealer
+from identity.store import Store
+
+_USER_MARKER = "revoked:user:"
+_PROVIDER_MARKER = "revoked:provider:"
+_ALL_MARKER = "revoked:all"
+_INDEX = "sessions-of:"
+# An index update holds a short lock so that two brokers adding sessions of the same user at
+# once do not lose one; a lock not had after this long is ignored (it only guards a count).
+_INDEX_LOCK_TTL = 2.0
+_INDEX_LOCK_TRIES = 40
+_INDEX_LOCK_PAUSE = 0.005
+
+
+class IndexedSession(StoredRecord):
+    """One session in a user's index: its token hash and lifetime, nothing secret."""
+
+    v: Literal[1] = 1
+    session_hash: str
+    created_at: float
+    expires_at: float
+
+
+class SessionIndexRecord(StoredRecord):
+    """The sessions of one user of one provider."""
+
+    v: Literal[1] = 1
+    sessions: tuple[IndexedSession, ...] = ()
+
+
+_INDEX_RECORD: Final = TypeAdapter(SessionIndexRecord)
+
+
+def _marker_time(raw: bytes | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+class Revocations:
+    """Writes and reads the "not before" markers."""
+
+    def __init__(self, store: Store, sealer: Sealer) -> None:
+        self._store = store
+        self._sealer = sealer
+
+    def _user_key(self, provider: str, user_id: str) -> str:
+        return _USER_MARKER + self._sealer.key_hash("revoked-user", provider, user_id)
+
+    def _provider_key(self, provider: str) -> str:
+        return _PROVIDER_MARKER + self._sealer.key_hash("revoked-provider", provider)
+
+    def not_before(self, provider: str, user_id: str) -> float | None:
+        """The newest revocation time covering ``user_id`` of ``provider``, or None."""
+        keys = [self._user_key(provider, user_id), self._provider_key(provider), _ALL_MARKER]
+        times = [t for t in map(_marker_time, self._store.get_many(keys)) if t is not None]
+        return max(times) if times else None
+
+    def covers(self, provider: str, user_id: str, created_at: float) -> bool:
+        """True when a session created at ``created_at`` has been revoked."""
+        revoked = self.not_before(provider, user_id)
+        return revoked is not None and created_at <= revoked
+
+    def revoke_user(self, provider: str, user_id: str, *, at: float, ttl: float) -> None:
+        self._mark(self._user_key(provider, user_id), at, ttl)
+
+    def revoke_provider(self, provider: str, *, at: float, ttl: float) -> None:
+        self._mark(self._provider_key(provider), at, ttl)
+
+    def revoke_all(self, *, at: float, ttl: float) -> None:
+        self._mark(_ALL_MARKER, at, ttl)
+
+    def _mark(self, key: str, at: float, ttl: float) -> None:
+        # A marker never moves back: an earlier time would revive sessions it had ended.
+        current = _marker_time(self._store.get(key))
+        self._store.set(key, repr(max(at, current or at)).encode("ascii"), ttl)
+
+
+class SessionIndex:
+    """Per user: which sessions exist, without the tokens."""
+
+    def __init__(self, store: Store, sealer: Sealer, *, clock: Callable[[], float]) -> None:
+        self._store = store
+        self._sealer = sealer
+        self._clock = clock
+
+    def _key(self, provider: str, user_id: str) -> str:
+        return _INDEX + self._sealer.key_hash("sessions-of", provider, user_id)
+
+    def live(self, provider: str, user_id: str) -> list[IndexedSession]:
+        """The user's sessions that have not expired, oldest first."""
+        key = self._key(provider, user_id)
+        return self._read(key, self._clock())
+
+    def add(
+        self, provider: str, user_id: str, session_hash: str, created_at: float, expires_at: float
+    ) -> None:
+        key = self._key(provider, user_id)
+        with self._locked(key):
+            now = self._clock()
+            entries = [s for s in self._read(key, now) if s.session_hash != session_hash]
+            entries.append(
+                IndexedSession(
+                    session_hash=session_hash, created_at=created_at, expires_at=expires_at
+                )
+            )
+            self._write(key, entries, now)
+
+    def remove(self, provider: str, user_id: str, session_hashes: Sequence[str]) -> None:
+        key = self._key(provider, user_id)
+        gone = set(session_hashes)
+        with self._locked(key):
+            now = self._clock()
+            self._write(key, [s for s in self._read(key, now) if s.session_hash not in gone], now)
+
+    @contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        lock, mine = key + ":lock", secrets.token_bytes(8)
+        for _ in range(_INDEX_LOCK_TRIES):
+            if self._store.set_if_absent(lock, mine, _INDEX_LOCK_TTL):
+                break
+            time.sleep(_INDEX_LOCK_PAUSE)
+        else:
+            lock = ""
+        try:
+            yield
+        finally:
+            if lock:
+                self._store.delete(lock)
+
+    def clear(self, provider: str, user_id: str) -> None:
+        self._store.delete(self._key(provider, user_id))
+
+    def _read(self, key: str, now: float) -> list[IndexedSession]:
+        sealed = self._store.get(key)
+        if sealed is None:
+            return []
+        record = read_record(_INDEX_RECORD, self._sealer.open(sealed, context=key))
+        if record is None:
+            return []
+        return sorted(
+            (s for s in record.sessions if s.expires_at > now), key=lambda s: s.created_at
+        )
+
+    def _write(self, key: str, entries: list[IndexedSession], now: float) -> None:
+        if not entries:
+            self._store.delete(key)
+            return
+        ttl = max(s.expires_at for s in entries) - now
+        body = _INDEX_RECORD.dump_json(SessionIndexRecord(sessions=tuple(entries)))
+        self._store.set(key, self._sealer.seal(body, context=key), ttl)
+
+
+def rfc3339(at: float) -> str:
+    """``at`` as RFC 3339 UTC, whole seconds."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def deny_statement(
+    issued_before: float, condition: tuple[str, str] | None = None, sid: str | None = None
+) -> dict[str, Any]:
+    """An IAM statement denying everything to credentials issued before ``issued_before``
+    (rounded up to the next whole second), optionally only where ``condition`` (a global
+    condition key and the value it must equal) holds."""
+    conditions: dict[str, Any] = {
+        "DateLessThan": {"aws:TokenIssueTime": rfc3339(math.ceil(issued_before))}
+    }
+    if condition is not None:
+        conditions["StringEquals"] = {condition[0]: condition[1]}
+    statement: dict[str, Any] = {
+        "Effect": "Deny",
+        "Action": "*",
+        "Resource": "*",
+        "Condition": conditions,
+    }
+    if sid is not None:
+        statement = {"Sid": sid, **statement}
+    return statement
