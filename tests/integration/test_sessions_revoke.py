@@ -385,3 +385,84 @@ def test_the_installed_command_revokes_as_a_real_process(rig: Rig) -> None:
     assert "Traceback" not in result.stderr
     assert json.loads(result.stdout)["ended_sessions"] == 1
     assert rig.refresh_status(1, token) == 401
+
+
+@pytest.mark.slow
+def test_revoke_ends_a_users_sessions_on_two_serve_processes(
+    aws: Any, oidc_provider: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two ``chime-broker serve`` processes on one SQLite file: a user's two sessions, one
+    opened on each, end at once; another user's session keeps working."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import requests
+
+    from tests.conftest import free_port
+    from tests.integration.test_cli import wait_for
+
+    document = config_dict(aws, oidc_provider, f"sqlite:///{tmp_path / 'state.db'}")
+    path = tmp_path / "broker.yaml"
+    path.write_text(yaml.safe_dump(document))
+    oidc_provider.register_client(CORP_CLIENT)
+    cli = str(Path(sys.executable).with_name("chime-broker"))
+    bases: list[str] = []
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        for _ in range(2):
+            port = free_port()
+            processes.append(
+                subprocess.Popen(
+                    [
+                        cli,
+                        "serve",
+                        "--config",
+                        str(path),
+                        "--workers",
+                        "1",
+                        "--bind",
+                        f"127.0.0.1:{port}",
+                    ],
+                    env=dict(os.environ),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            bases.append(f"http://127.0.0.1:{port}")
+        for base, process in zip(bases, processes, strict=True):
+            wait_for(f"{base}/healthz", process)
+
+        def start(base: str, sub: str) -> str:
+            id_token = oidc_provider.mint_id_token(
+                {"sub": sub}, audience=CORP_CLIENT, lifetime=3600
+            )
+            answer = requests.post(
+                f"{base}/v1/token", json={"provider": "corp", "id_token": id_token}, timeout=30
+            )
+            assert answer.status_code == 200, answer.text
+            token: str = answer.json()["broker_session"]["token"]
+            return token
+
+        def refresh(base: str, token: str) -> int:
+            return requests.post(
+                f"{base}/v1/credentials",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            ).status_code
+
+        alice = [start(bases[0], "alice"), start(bases[1], "alice")]
+        bob = start(bases[1], "bob")
+        assert [refresh(bases[1], alice[0]), refresh(bases[0], alice[1])] == [200, 200]
+
+        assert main(["sessions", "revoke", "--config", str(path), "--user", "corp-alice"]) == 0
+        capsys.readouterr()
+
+        assert [refresh(base, token) for base in bases for token in alice] == [401] * 4
+        assert [refresh(base, bob) for base in bases] == [200, 200]
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=30)
