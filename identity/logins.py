@@ -570,8 +570,15 @@ class BrowserLogins:
         return found
 
     def _native_return_to(self, url: str) -> bool:
-        scheme = urlsplit(url).scheme if ":" in url else ""
-        return scheme != "http" and self._service.return_to_allowed(url)
+        """A custom scheme or https target, or a loopback listener (RFC 8252, 7.3)."""
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return False
+        scheme = parts.scheme if ":" in url else ""
+        if scheme == "http" and parts.hostname not in ("127.0.0.1", "::1"):
+            return False
+        return self._service.return_to_allowed(url, native=True)
 
     def _failed(self, provider: str, return_to: str, error: errors.BrokerError) -> LoginStep:
         log.info(

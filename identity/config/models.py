@@ -253,11 +253,15 @@ class ServiceConfig(Frozen):
             return self.default_return_to
         return self.allowed_return_to[0] if self.allowed_return_to else None
 
-    def return_to_allowed(self, url: str) -> bool:
+    def return_to_allowed(self, url: str, *, native: bool = False) -> bool:
         """Whether ``url`` may be returned to: same scheme and host (exactly) as an entry of
         ``allowed_return_to`` and a path under its path prefix, with no dot segments,
-        backslashes or control characters."""
-        return any(return_to_matches(entry, url) for entry in self.allowed_return_to)
+        backslashes or control characters. For a ``native`` login, an entry of exactly
+        ``http://127.0.0.1/`` or ``http://[::1]/`` allows that host on any port."""
+        return any(
+            return_to_matches(entry, url, loopback_any_port=native)
+            for entry in self.allowed_return_to
+        )
 
 
 class MapConfig(Frozen):

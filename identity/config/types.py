@@ -129,16 +129,41 @@ def _return_to_entry(value: str) -> str:
     return value
 
 
-def return_to_matches(entry: str, url: str) -> bool:
+LOOPBACK_ANY_PORT = ("http://127.0.0.1/", "http://[::1]/")
+
+
+def _loopback_any_port(allowed: SplitResult, given: SplitResult) -> bool:
+    """``given`` is ``allowed`` (``http://127.0.0.1/`` or ``http://[::1]/``) on some port."""
+    try:
+        port = given.port
+    except ValueError:
+        return False
+    host = allowed.netloc
+    return (
+        port is not None
+        and given.netloc == f"{host}:{port}"
+        and given.username is None
+        and given.password is None
+    )
+
+
+def return_to_matches(entry: str, url: str, *, loopback_any_port: bool = False) -> bool:
     """Whether ``url`` falls under the allowed ``return_to`` ``entry``: the same scheme and
-    host exactly, a path under its prefix, no dot segments, backslashes or controls."""
+    host exactly, a path under its prefix, no dot segments, backslashes or controls.
+
+    With ``loopback_any_port`` (native logins), an entry of exactly ``http://127.0.0.1/``
+    or ``http://[::1]/`` also matches that host on any port (RFC 8252, 7.3)."""
     if any(ch.isspace() or ord(ch) < 0x20 or ch == "\\" for ch in url):
         return False
     try:
         allowed, given = urlsplit(entry), urlsplit(url)
     except ValueError:
         return False
-    if given.scheme != allowed.scheme or given.netloc != allowed.netloc:
+    if given.scheme != allowed.scheme:
+        return False
+    if given.netloc != allowed.netloc and not (
+        loopback_any_port and entry in LOOPBACK_ANY_PORT and _loopback_any_port(allowed, given)
+    ):
         return False
     if _has_dot_segment(given.path):
         return False

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 
 from service.cli.check import add_check_parser
 from service.cli.config_file import app_from_environment
+from service.cli.credential_process import add_credential_process_parser
 from service.cli.demo import add_demo_parser
 from service.cli.explain import add_explain_parser
+from service.cli.login import add_login_parser
 from service.cli.policies import add_policies_parser
 from service.cli.pool import add_pool_parsers
 from service.cli.serve import add_serve_parser
@@ -37,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_pool_parsers(subparsers)
     add_sessions_parser(subparsers)
     add_explain_parser(subparsers)
+    add_login_parser(subparsers)
+    add_credential_process_parser(subparsers)
     return parser
 
 

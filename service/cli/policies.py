@@ -43,6 +43,7 @@ def add_policies_parser(subparsers: argparse._SubParsersAction[argparse.Argument
         description="Print the user role's permission and trust policies and the server "
         "role's policies for a config, as JSON keyed by document name or as a "
         "CloudFormation template.",
+        epilog="example: chime-broker policies --config broker.yaml --format cloudformation",
     )
     parser.add_argument("--config", required=True)
     parser.add_argument("--format", choices=FORMATS, default="json")

@@ -44,13 +44,44 @@ def _planned(config: BrokerConfig, clients: AwsClients, source: str) -> PoolPlan
     return None
 
 
+def _role_lines(
+    config: BrokerConfig, clients: AwsClients, args: argparse.Namespace
+) -> tuple[list[str], bool] | None:
+    """The user roles' differences (lines, whether any), or ``None`` after printing why
+    there are none."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from identity.role_plan import RoleError, make_role_plan
+
+    try:
+        plan = make_role_plan(config, clients.iam, server_role_arn=args.server_role_arn)
+    except RoleError as e:
+        print(f"{args.config}: {e}", file=sys.stderr)
+    except (ClientError, BotoCoreError) as e:
+        print(f"{args.config}: AWS: {e}", file=sys.stderr)
+    else:
+        return plan.lines(args.config), plan.differs
+    return None
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
-    plan = _planned(config, _clients(config), args.config)
-    if plan is None:
-        return EXIT_ERROR
-    print("\n".join(plan.lines()))
-    return EXIT_DIFFERS if plan.differs else EXIT_SAME
+    clients = _clients(config)
+    differs = False
+    if not args.roles or config.aws.cognito is not None:
+        plan = _planned(config, clients, args.config)
+        if plan is None:
+            return EXIT_ERROR
+        print("\n".join(plan.lines()))
+        differs = plan.differs
+    if args.roles:
+        roles = _role_lines(config, clients, args)
+        if roles is None:
+            return EXIT_ERROR
+        lines, roles_differ = roles
+        print("\n".join(lines))
+        differs = differs or roles_differ
+    return EXIT_DIFFERS if differs else EXIT_SAME
 
 
 def _confirmed(plan: PoolPlan, yes: bool) -> bool:
@@ -113,6 +144,18 @@ def add_pool_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     plan.add_argument("--config", required=True)
+    plan.add_argument(
+        "--roles",
+        action="store_true",
+        help="also compare the user roles' trust and permission policies in IAM with what "
+        "chime-broker policies prints (apply never changes IAM roles)",
+    )
+    plan.add_argument(
+        "--server-role-arn",
+        default=None,
+        help="with --roles: the role the broker runs as, which the exchange: sts roles "
+        "must trust (default as for chime-broker policies)",
+    )
     plan.set_defaults(func=cmd_plan)
 
     apply = subparsers.add_parser(
