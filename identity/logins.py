@@ -25,7 +25,7 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -126,6 +126,11 @@ class LoginTransactions:
         """What a transaction keeps of the browser's pre-login cookie."""
         return self._sealer.key_hash("pre-login", pre_login_value)
 
+    def bindings(self, pre_login_value: str) -> list[str]:
+        """``binding`` under each secret, newest first: a transaction begun before a
+        rotation of ``service.secret_key`` keeps the binding under the older one."""
+        return self._sealer.key_hashes("pre-login", pre_login_value)
+
     @staticmethod
     def new_state() -> str:
         """A fresh random ``state`` (43 characters: it fits SAML's 80-byte RelayState)."""
@@ -145,10 +150,10 @@ class LoginTransactions:
         taking it."""
         if not state or not _STATE.fullmatch(state):
             return False
-        return self._read(self._key(state)) is not None
+        return self._find(state)[1] is not None
 
     def take(
-        self, state: str | None, *, provider: str, binding: str, now: float
+        self, state: str | None, *, provider: str, binding: str | Sequence[str], now: float
     ) -> LoginTransaction:
         """The transaction of ``state``, removed from the store.
 
@@ -158,13 +163,15 @@ class LoginTransactions:
         """
         if not state or not _STATE.fullmatch(state):
             raise errors.InvalidRequest("the sign-in answer has no valid state")
-        key = self._key(state)
-        transaction = self._read(key)
+        key, transaction = self._find(state)
         if transaction is None:
             raise errors.InvalidRequest(
                 "unknown, used or expired sign-in; start again", log_detail="state not found"
             )
-        if not hmac.compare_digest(transaction.binding, binding):
+        accepted = [binding] if isinstance(binding, str) else list(binding)
+        # every candidate is compared, so the time taken does not tell which one matched
+        matches = [hmac.compare_digest(transaction.binding, b) for b in accepted]
+        if not any(matches):
             raise errors.InvalidRequest(
                 "this sign-in was started in another browser; start again",
                 log_detail="pre-login cookie does not match the transaction",
@@ -194,6 +201,16 @@ class LoginTransactions:
     def _key(self, state: str) -> str:
         return _TRANSACTION_KEY + self._sealer.key_hash("login-state", state)
 
+    def _find(self, state: str) -> tuple[str, LoginTransaction | None]:
+        """The store key of ``state``'s transaction and the transaction, looked up under
+        each secret's key, newest first; the newest key and None when there is none."""
+        keys = [_TRANSACTION_KEY + h for h in self._sealer.key_hashes("login-state", state)]
+        for key in keys:
+            transaction = self._read(key)
+            if transaction is not None:
+                return key, transaction
+        return keys[0], None
+
 
 class NativeCodes:
     """One-time codes for native apps: sealed, single use, ``NATIVE_CODE_TTL`` seconds."""
@@ -220,8 +237,12 @@ class NativeCodes:
         )
         if not _NATIVE_CODE.fullmatch(code) or not _CODE_VERIFIER.fullmatch(code_verifier):
             raise refused
-        key = self._key(code)
-        sealed = self._store.get_and_delete(key)
+        key, sealed = "", None
+        for candidate in self._keys(code):
+            sealed = self._store.get_and_delete(candidate)
+            if sealed is not None:
+                key = candidate
+                break
         if sealed is None:
             raise refused
         handoff = read_record(_HANDOFF, self._sealer.open(sealed, context=key))
@@ -240,6 +261,10 @@ class NativeCodes:
 
     def _key(self, code: str) -> str:
         return _NATIVE_KEY + self._sealer.key_hash("native-code", code)
+
+    def _keys(self, code: str) -> list[str]:
+        """``_key`` under each secret, newest first (codes issued before a rotation)."""
+        return [_NATIVE_KEY + h for h in self._sealer.key_hashes("native-code", code)]
 
 
 class SessionOpener(Protocol):
@@ -503,7 +528,7 @@ class BrowserLogins:
         return self.transactions.take(
             state,
             provider=provider,
-            binding=self.transactions.binding(pre_login) if pre_login else "",
+            binding=self.transactions.bindings(pre_login) if pre_login else "",
             now=self._clock(),
         )
 

@@ -75,15 +75,20 @@ class Revocations:
         self._store = store
         self._sealer = sealer
 
-    def _user_key(self, provider: str, user_id: str) -> str:
-        return _USER_MARKER + self._sealer.key_hash("revoked-user", provider, user_id)
+    # A marker sits under each secret's key: written before a rotation of
+    # service.secret_key it is found under the older one, and during a rolling rotation a
+    # broker that has only the old secret sees the markers of one that has both.
+    def _user_keys(self, provider: str, user_id: str) -> list[str]:
+        return [
+            _USER_MARKER + h for h in self._sealer.key_hashes("revoked-user", provider, user_id)
+        ]
 
-    def _provider_key(self, provider: str) -> str:
-        return _PROVIDER_MARKER + self._sealer.key_hash("revoked-provider", provider)
+    def _provider_keys(self, provider: str) -> list[str]:
+        return [_PROVIDER_MARKER + h for h in self._sealer.key_hashes("revoked-provider", provider)]
 
     def not_before(self, provider: str, user_id: str) -> float | None:
         """The newest revocation time covering ``user_id`` of ``provider``, or None."""
-        keys = [self._user_key(provider, user_id), self._provider_key(provider), _ALL_MARKER]
+        keys = [*self._user_keys(provider, user_id), *self._provider_keys(provider), _ALL_MARKER]
         times = [t for t in map(_marker_time, self._store.get_many(keys)) if t is not None]
         return max(times) if times else None
 
@@ -93,10 +98,12 @@ class Revocations:
         return revoked is not None and created_at <= revoked
 
     def revoke_user(self, provider: str, user_id: str, *, at: float, ttl: float) -> None:
-        self._mark(self._user_key(provider, user_id), at, ttl)
+        for key in self._user_keys(provider, user_id):
+            self._mark(key, at, ttl)
 
     def revoke_provider(self, provider: str, *, at: float, ttl: float) -> None:
-        self._mark(self._provider_key(provider), at, ttl)
+        for key in self._provider_keys(provider):
+            self._mark(key, at, ttl)
 
     def revoke_all(self, *, at: float, ttl: float) -> None:
         self._mark(_ALL_MARKER, at, ttl)
@@ -119,9 +126,17 @@ class SessionIndex:
         return _INDEX + self._sealer.key_hash("sessions-of", provider, user_id)
 
     def live(self, provider: str, user_id: str) -> list[IndexedSession]:
-        """The user's sessions that have not expired, oldest first."""
-        key = self._key(provider, user_id)
-        return self._read(key, self._clock())
+        """The user's sessions that have not expired, oldest first (also those listed
+        before a rotation of ``service.secret_key``, under an older key)."""
+        now = self._clock()
+        found: dict[str, IndexedSession] = {}
+        for key in self._keys(provider, user_id):
+            for entry in self._read(key, now):
+                found.setdefault(entry.session_hash, entry)
+        return sorted(found.values(), key=lambda s: s.created_at)
+
+    def _keys(self, provider: str, user_id: str) -> list[str]:
+        return [_INDEX + h for h in self._sealer.key_hashes("sessions-of", provider, user_id)]
 
     def add(
         self, provider: str, user_id: str, session_hash: str, created_at: float, expires_at: float
@@ -138,11 +153,13 @@ class SessionIndex:
             self._write(key, entries, now)
 
     def remove(self, provider: str, user_id: str, session_hashes: Sequence[str]) -> None:
-        key = self._key(provider, user_id)
         gone = set(session_hashes)
-        with self._locked(key):
-            now = self._clock()
-            self._write(key, [s for s in self._read(key, now) if s.session_hash not in gone], now)
+        for key in self._keys(provider, user_id):
+            with self._locked(key):
+                now = self._clock()
+                entries = self._read(key, now)
+                if any(s.session_hash in gone for s in entries):
+                    self._write(key, [s for s in entries if s.session_hash not in gone], now)
 
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:
@@ -160,7 +177,8 @@ class SessionIndex:
                 self._store.delete(lock)
 
     def clear(self, provider: str, user_id: str) -> None:
-        self._store.delete(self._key(provider, user_id))
+        for key in self._keys(provider, user_id):
+            self._store.delete(key)
 
     def _read(self, key: str, now: float) -> list[IndexedSession]:
         sealed = self._store.get(key)

@@ -112,9 +112,8 @@ def build_services(
         if clients is not None
         else AwsClients(config, max_pool_connections=max_pool_connections)
     )
-    secret = config.service.secret_key
     # demo mode may run without a secret: a per-process one is enough for memory://
-    sealer = Sealer(secret.get_secret_value() if secret is not None else secrets.token_hex(32))
+    sealer = Sealer(config.service.secret_keys or [secrets.token_hex(32)])
     broker = Broker(
         config,
         store=store,

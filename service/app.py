@@ -27,8 +27,7 @@ def _reveal(value: object) -> str:
 def _secrets(config: BrokerConfig) -> list[str]:
     """Every secret value in the config, so the log redactor can remove it anywhere."""
     found: list[str] = []
-    if config.service.secret_key is not None:
-        found.append(_reveal(config.service.secret_key))
+    found.extend(config.service.secret_keys)
     for provider in config.providers:
         for name in ("client_secret", "app_secret", "private_key", "sp_key"):
             value = getattr(provider, name, None)
@@ -66,8 +65,9 @@ def create_app(
     configure_logging(_secrets(config))
     app = Flask(__name__, static_folder=None)
     app.config["JSON_SORT_KEYS"] = False
-    secret = config.service.secret_key
-    app.secret_key = secret.get_secret_value() if secret is not None else None
+    keys = config.service.secret_keys
+    app.secret_key = keys[0] if keys else None
+    app.config["SECRET_KEY_FALLBACKS"] = list(keys[1:])
 
     endpoints = Endpoints(config.service.public_url)
     services = build_services(

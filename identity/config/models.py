@@ -194,7 +194,7 @@ class ServiceConfig(Frozen):
     """The HTTP service: public URL, secret, sessions, CORS and return_to allow-lists."""
 
     public_url: PublicUrl
-    secret_key: SecretStr | None = None
+    secret_key: SecretStr | tuple[SecretStr, ...] | None = None
     session_lifetime: Duration = 8 * 3600
     recheck_interval: Duration = 15 * 60
     cookie_name: CookieName = "chime_broker_session"
@@ -232,6 +232,17 @@ class ServiceConfig(Frozen):
                         f"required outside mode demo (at least {MIN_SECRET_KEY_LENGTH} characters)",
                     )
                 )
+            elif isinstance(self.secret_key, tuple):
+                if not self.secret_key:
+                    problems.append((("secret_key",), "must list at least one key"))
+                for index, key in enumerate(self.secret_key):
+                    if len(key.get_secret_value()) < MIN_SECRET_KEY_LENGTH:
+                        problems.append(
+                            (
+                                ("secret_key", index),
+                                f"must be at least {MIN_SECRET_KEY_LENGTH} characters",
+                            )
+                        )
             elif len(self.secret_key.get_secret_value()) < MIN_SECRET_KEY_LENGTH:
                 problems.append(
                     (("secret_key",), f"must be at least {MIN_SECRET_KEY_LENGTH} characters")
@@ -245,6 +256,16 @@ class ServiceConfig(Frozen):
             problems.append((("default_return_to",), "is not covered by service.allowed_return_to"))
         raise_problems("service", problems, self.public_url)
         return self
+
+    @property
+    def secret_keys(self) -> tuple[str, ...]:
+        """The values of ``secret_key``, newest first: the first signs and seals, every one
+        verifies and opens. Empty when no key is configured (mode demo)."""
+        if self.secret_key is None:
+            return ()
+        if isinstance(self.secret_key, tuple):
+            return tuple(key.get_secret_value() for key in self.secret_key)
+        return (self.secret_key.get_secret_value(),)
 
     @property
     def effective_default_return_to(self) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 from service.cli.loopback import is_loopback_host
@@ -12,6 +13,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not is_loopback_host(args.host):
         print("the demo binds loopback addresses only", file=sys.stderr)
         return 2
+    if importlib.util.find_spec("moto") is None:
+        print(
+            "the demo runs an in-process AWS (moto), which is not installed: "
+            "pip install 'chime-identity-broker[demo]'",
+            file=sys.stderr,
+        )
+        return 1
     from service.demo.launcher import run_demo
 
     run_demo(config_path=args.config, host=args.host, port=args.port, idp_port=args.idp_port)

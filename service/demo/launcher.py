@@ -47,8 +47,8 @@ DEMO_USERS: Mapping[str, Mapping[str, Any]] = {
 
 
 def checkout_demo_config() -> Path:
-    """config/demo.yaml of the source tree the demo runs from."""
-    return Path(__file__).resolve().parents[2] / "config" / "demo.yaml"
+    """The demo config shipped with the package (config/demo.yaml in a source tree)."""
+    return Path(__file__).resolve().with_name("demo.yaml")
 
 
 def _base_url(host: str, port: int) -> str:

@@ -319,6 +319,16 @@ BROKEN = [
     pytest.param(
         variant(
             (
+                "  secret_key: ${env:BROKER_SECRET_KEY}\n",
+                "  secret_key:\n    - ${env:BROKER_SECRET_KEY}\n    - too-short\n",
+            )
+        ),
+        ["service.secret_key[1] (line 15): must be at least 32 characters"],
+        id="secret-key-list-short",
+    ),
+    pytest.param(
+        variant(
+            (
                 "  cognito:\n"
                 "    identity_pool_id: us-east-1:11111111-2222-3333-4444-555555555555\n"
                 "    developer_provider_name: login.example.chat\n",

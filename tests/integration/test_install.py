@@ -1,0 +1,150 @@
+"""The broker as an operator installs it: the wheel alone, without the ``[test]`` extra, in a
+fresh virtual environment; ``serve`` must vend from gevent workers importing only what the
+wheel declares, and ``demo`` without moto must say what to install."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import free_port
+from tests.fixtures.apps import broker_config_dict
+from tests.fixtures.configs import provider_dict
+from tests.integration.test_cli import wait_for
+
+# The first test also builds the wheel and installs its dependencies from the index.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+REPO = Path(__file__).resolve().parents[2]
+ABSENT_PACKAGE_WARNING = "is absent from the `packages` configuration"
+
+
+@dataclass(frozen=True)
+class Installed:
+    cli: Path
+    build_output: str
+    install_output: str
+
+
+def _run(command: list[str], cwd: Path) -> str:
+    result = subprocess.run(
+        command, cwd=cwd, env=_clean_env(), capture_output=True, text=True, timeout=600
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    return output
+
+
+def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment without anything that would let the checkout be imported."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return {**env, **(extra or {})}
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    root = tmp_path_factory.mktemp("install")
+    wheels = root / "wheels"
+    build_output = _run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(wheels), str(REPO)],
+        cwd=root,
+    )
+    [wheel] = wheels.glob("chime_identity_broker-*.whl")
+    venv = root / "venv"
+    _run([sys.executable, "-m", "venv", str(venv)], cwd=root)
+    install_output = _run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-v", str(wheel)], cwd=root
+    )
+    yield Installed(venv / "bin" / "chime-broker", build_output, install_output)
+
+
+def test_building_and_installing_the_wheel_warns_of_no_missing_package(
+    installed: Installed,
+) -> None:
+    assert ABSENT_PACKAGE_WARNING not in installed.build_output
+    assert ABSENT_PACKAGE_WARNING not in installed.install_output
+
+
+def test_installed_serve_vends_from_gevent_workers(
+    installed: Installed, tmp_path: Path, aws: Any, oidc_provider: Any
+) -> None:
+    oidc_provider.register_client("mobile-app")
+    config = tmp_path / "broker.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            broker_config_dict(
+                aws,
+                store=f"sqlite:///{tmp_path / 'state.db'}",
+                providers=[
+                    provider_dict(
+                        "oidc",
+                        name="corp",
+                        issuer=oidc_provider.issuer,
+                        client_id="mobile-app",
+                        exchange="sts",
+                        map={"user_id": "corp-{sub}"},
+                    )
+                ],
+            )
+        )
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(installed.cli),
+            "serve",
+            "--config",
+            str(config),
+            "--workers",
+            "1",
+            "--bind",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=tmp_path,
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(f"{base}/healthz", process)
+        token = oidc_provider.mint_id_token({"sub": "ada"}, audience="mobile-app")
+        response = requests.post(
+            f"{base}/v1/token", json={"provider": "corp", "id_token": token}, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["app_instance_user_arn"].endswith("/user/corp-ada")
+        [call] = aws.recorder.calls("AssumeRole")
+        assert call["RoleArn"] == aws.user_role_arn
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert "ModuleNotFoundError" not in stderr
+    assert "gevent" in stderr.lower()
+
+
+def test_installed_demo_without_moto_says_what_to_install(
+    installed: Installed, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [str(installed.cli), "demo", "--port", "0"],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "pip install 'chime-identity-broker[demo]'" in result.stderr
+    assert "Traceback" not in result.stderr
