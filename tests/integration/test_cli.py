@@ -7,18 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-import yaml
 
 from service.cli import main
 from tests.conftest import free_port
-from tests.fixtures.apps import broker_config_dict
-from tests.fixtures.configs import provider_dict
+from tests.fixtures.serve import corp_config, serving, vend_as_ada, wait_for
 from tests.unit.test_config import BASE, BROKEN, EXAMPLE_ENV
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,18 +112,6 @@ def test_demo_binds_loopback_only() -> None:
     assert main(["demo", "--host", "0.0.0.0"]) == 2
 
 
-def wait_for(url: str, process: subprocess.Popen[Any], timeout: float = 60) -> requests.Response:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}")
-        try:
-            return requests.get(url, timeout=2)
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    raise AssertionError(f"{url} did not answer within {timeout} s")
-
-
 def test_serve_runs_gunicorn_gevent_workers_that_share_one_store(tmp_path: Path) -> None:
     port = free_port()
     config = serve_config(tmp_path, f"sqlite:///{tmp_path / 'state.db'}")
@@ -170,46 +155,7 @@ def test_serve_vends_through_botocore_inside_gevent_workers(
 ) -> None:
     """The workers patch ssl before botocore is imported: an AWS call from a gevent worker
     must work, not die in a RecursionError inside ssl."""
-    oidc_provider.register_client("mobile-app")
-    config = tmp_path / "broker.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            broker_config_dict(
-                aws,
-                store=f"sqlite:///{tmp_path / 'state.db'}",
-                providers=[
-                    provider_dict(
-                        "oidc",
-                        name="corp",
-                        issuer=oidc_provider.issuer,
-                        client_id="mobile-app",
-                        exchange="sts",
-                        map={"user_id": "corp-{sub}"},
-                    )
-                ],
-            )
-        )
-    )
-    port = free_port()
-    process = subprocess.Popen(
-        [CLI, "serve", "--config", str(config), "--workers", "2", "--bind", f"127.0.0.1:{port}"],
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(f"{base}/healthz", process)
-        token = oidc_provider.mint_id_token({"sub": "ada"}, audience="mobile-app")
-        response = requests.post(
-            f"{base}/v1/token", json={"provider": "corp", "id_token": token}, timeout=30
-        )
-        assert response.status_code == 200, response.text
-        assert response.json()["app_instance_user_arn"].endswith("/user/corp-ada")
-        [call] = aws.recorder.calls("AssumeRole")
-        assert call["RoleArn"] == aws.user_role_arn
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    assert "RecursionError" not in stderr
+    config = corp_config(aws, oidc_provider, tmp_path)
+    with serving(CLI, config, workers=2, env=dict(os.environ)) as (base, stderr):
+        vend_as_ada(base, aws, oidc_provider)
+    assert "RecursionError" not in stderr[0]

@@ -5,7 +5,6 @@ wheel declares, and ``demo`` without moto must say what to install."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,13 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
-import yaml
 
-from tests.conftest import free_port
-from tests.fixtures.apps import broker_config_dict
-from tests.fixtures.configs import provider_dict
-from tests.integration.test_cli import wait_for
+from tests.fixtures.serve import corp_config, serving, vend_as_ada
 
 # The first test also builds the wheel and installs its dependencies from the index.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -78,60 +72,14 @@ def test_building_and_installing_the_wheel_warns_of_no_missing_package(
 def test_installed_serve_vends_from_gevent_workers(
     installed: Installed, tmp_path: Path, aws: Any, oidc_provider: Any
 ) -> None:
-    oidc_provider.register_client("mobile-app")
-    config = tmp_path / "broker.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            broker_config_dict(
-                aws,
-                store=f"sqlite:///{tmp_path / 'state.db'}",
-                providers=[
-                    provider_dict(
-                        "oidc",
-                        name="corp",
-                        issuer=oidc_provider.issuer,
-                        client_id="mobile-app",
-                        exchange="sts",
-                        map={"user_id": "corp-{sub}"},
-                    )
-                ],
-            )
-        )
-    )
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            str(installed.cli),
-            "serve",
-            "--config",
-            str(config),
-            "--workers",
-            "1",
-            "--bind",
-            f"127.0.0.1:{port}",
-        ],
-        cwd=tmp_path,
-        env=_clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(f"{base}/healthz", process)
-        token = oidc_provider.mint_id_token({"sub": "ada"}, audience="mobile-app")
-        response = requests.post(
-            f"{base}/v1/token", json={"provider": "corp", "id_token": token}, timeout=30
-        )
-        assert response.status_code == 200, response.text
-        assert response.json()["app_instance_user_arn"].endswith("/user/corp-ada")
-        [call] = aws.recorder.calls("AssumeRole")
-        assert call["RoleArn"] == aws.user_role_arn
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    assert "ModuleNotFoundError" not in stderr
-    assert "gevent" in stderr.lower()
+    config = corp_config(aws, oidc_provider, tmp_path)
+    with serving(str(installed.cli), config, workers=1, env=_clean_env(), cwd=tmp_path) as (
+        base,
+        stderr,
+    ):
+        vend_as_ada(base, aws, oidc_provider)
+    assert "ModuleNotFoundError" not in stderr[0]
+    assert "gevent" in stderr[0].lower()
 
 
 def test_installed_demo_without_moto_says_what_to_install(

@@ -401,7 +401,7 @@ def test_revoke_ends_a_users_sessions_on_two_serve_processes(
     import requests
 
     from tests.conftest import free_port
-    from tests.integration.test_cli import wait_for
+    from tests.fixtures.serve import wait_for
 
     document = config_dict(aws, oidc_provider, f"sqlite:///{tmp_path / 'state.db'}")
     path = tmp_path / "broker.yaml"
