@@ -55,6 +55,12 @@ def _base_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _not_ready(environ: Any, start_response: Any) -> list[bytes]:
+    """The WSGI app of the demo's server until the broker is built (it never serves)."""
+    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+    return [b"starting\n"]
+
+
 def _moved(value: str, old: str, new: str) -> str:
     """``value`` with the origin ``old`` replaced by ``new`` when it is, or starts, a URL there."""
     if value == old or value.startswith(old + "/"):
@@ -221,18 +227,24 @@ def run_demo(*, config_path: str | None, host: str, port: int, idp_port: int) ->
         for sub, claims in DEMO_USERS.items():
             idp.add_user(sub, **claims)
         try:
-            config = demo_config(
-                path, world=world, public_url=_base_url(host, port), idp_issuer=idp.issuer
-            )
-            _register_clients(config, idp)
-            app = create_app(config)
-        except ConfigError as e:
-            exit_with_report(path, e)
-        try:
-            server = make_server(host, port, app, threaded=True)
+            # Bound before the config is built, so that with port 0 the URLs name the port
+            # actually bound; the app is installed once it exists.
+            server = make_server(host, port, _not_ready, threaded=True)
         except OSError as e:
             print(f"the broker cannot listen on {host}:{port}: {e.strerror}", file=sys.stderr)
             raise SystemExit(1) from None
+        try:
+            config = demo_config(
+                path,
+                world=world,
+                public_url=_base_url(host, server.server_port),
+                idp_issuer=idp.issuer,
+            )
+            _register_clients(config, idp)
+            server.app = create_app(config)
+        except ConfigError as e:
+            server.server_close()
+            exit_with_report(path, e)
         print(walkthrough(config, idp, endpoint), flush=True)
         try:
             server.serve_forever()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -361,11 +360,7 @@ def test_the_page_is_served_only_in_demo_mode_with_the_page_csp(make_app: MakeAp
 # -- make demo -----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+_BANNER_URL = re.compile(r"^  (broker|demo IdP) +(http://127\.0\.0\.1:(\d+))", re.MULTILINE)
 
 
 @dataclass
@@ -382,43 +377,32 @@ class RunningDemo:
 
 @pytest.fixture(scope="module")
 def running_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDemo]:
+    """The demo on ports the system picks (``--port 0 --idp-port 0``): the printed
+    walkthrough names the ports actually bound, and the fixture reads them from it."""
     workdir = tmp_path_factory.mktemp("demo")
-    port, idp_port = _free_port(), _free_port()
-    demo = RunningDemo(
-        url=f"http://127.0.0.1:{port}",
-        idp=f"http://127.0.0.1:{idp_port}",
-        log=workdir / "demo.out",
-    )
+    log = workdir / "demo.out"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
     env["PYTHONUNBUFFERED"] = "1"
-    command = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "demo",
-        "--port",
-        str(port),
-        "--idp-port",
-        str(idp_port),
-    ]
-    with demo.log.open("w") as log:
+    command = [sys.executable, "-m", "service.cli", "demo", "--port", "0", "--idp-port", "0"]
+    with log.open("w") as out:
         child = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env=env
         )
     try:
         deadline = time.monotonic() + 90
         while True:
             if child.poll() is not None:
-                pytest.fail(f"chime-broker demo exited:\n{demo.output()}")
-            try:
-                if requests.get(f"{demo.url}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
+                pytest.fail(f"chime-broker demo exited:\n{log.read_text()}")
+            urls = {m[1]: (m[2], m[3]) for m in _BANNER_URL.finditer(log.read_text())}
+            if len(urls) == 2:
+                break
             if time.monotonic() > deadline:
-                pytest.fail(f"chime-broker demo did not start:\n{demo.output()}")
+                pytest.fail(f"chime-broker demo did not start:\n{log.read_text()}")
             time.sleep(0.1)
-        yield demo
+        (url, port), (idp, idp_port) = urls["broker"], urls["demo IdP"]
+        assert "0" not in (port, idp_port)
+        assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
+        yield RunningDemo(url=url, idp=idp, log=log)
     finally:
         child.send_signal(signal.SIGTERM)
         try:

@@ -75,7 +75,7 @@ def config_for(make_config: MakeConfig) -> Callable[..., BrokerConfig]:
     the AWS values are ones that nothing may call."""
 
     def build(
-        url: str, idps: dict[str, DevIdentityProvider], exchange: str = "sts"
+        url: str, idps: dict[str, DevIdentityProvider], exchange: str = "sts", **overrides: Any
     ) -> BrokerConfig:
         for name, idp in idps.items():
             idp.register_client(
@@ -105,6 +105,7 @@ def config_for(make_config: MakeConfig) -> Callable[..., BrokerConfig]:
                 }
                 for name, idp in idps.items()
             ],
+            **overrides,
         )
 
     return build
@@ -1085,3 +1086,44 @@ def test_an_apple_login_posts_back_and_signs_its_client_secret(
     )
     assert done.status_code == 302 and done.headers["Location"] == SPA_HOME
     assert browser.api("GET", "/v1/session").json()["user_id"] == f"apple-{ALICE_SUB}"
+
+
+def test_a_browser_session_outlives_a_secret_key_rotation(
+    live_broker: Callable[..., LiveServer],
+    aws: Any,
+    oidc_provider: DevIdentityProvider,
+    config_for: Callable[..., BrokerConfig],
+    tmp_path: Any,
+) -> None:
+    """The cookie of a login made before the rotation keeps working on a broker with
+    ``[new, old]``; a login made after it is sealed with the new key, which a broker that
+    has only the old key cannot open."""
+    old_key, new_key = "o" * 40, "n" * 40
+    store = f"sqlite:///{tmp_path / 'state.db'}"
+
+    def broker_with(keys: str | list[str]) -> LiveServer:
+        server: LiveServer = live_broker(
+            lambda url: config_for(
+                url, {"okta": oidc_provider}, service__secret_key=keys, store=store
+            )
+        )
+        return server
+
+    # Each broker registers its own callback at the IdP: a login goes to the newest.
+    browser = Browser(broker_with(old_key))
+    assert browser.login(oidc_provider).status_code == 302
+    rotated = broker_with([new_key, old_key])
+    browser.broker = rotated
+    assert browser.api("GET", "/v1/session").json()["user_id"] == f"okta-{ALICE_SUB}"
+    issued = browser.api("POST", "/v1/credentials")
+    assert issued.status_code == 200, issued.text
+    assert issued.json()["credentials"]["access_key_id"]
+
+    # A login at the rotated broker: the old-key broker cannot read its session.
+    after = Browser(rotated)
+    assert after.login(oidc_provider).status_code == 302
+    assert after.api("POST", "/v1/credentials").status_code == 200
+    after.broker = broker_with(old_key)
+    aws.recorder.reset()
+    assert_problem(after.api("POST", "/v1/credentials"), 401, "unauthenticated")
+    assert aws.recorder.requests() == []

@@ -901,6 +901,27 @@ def test_example_config_loads_with_the_documented_defaults() -> None:
     assert config.provider("nobody") is None
 
 
+def test_example_config_rotation_form_of_secret_key_loads(tmp_path: Path) -> None:
+    """The commented list form of ``secret_key`` in the example is real: uncommented, the
+    new key signs and both verify."""
+    text = (REPO / "config" / "example.yaml").read_text()
+    commented = "  #   secret_key: "
+    (line,) = [line for line in text.splitlines() if line.startswith(commented)]
+    rotated = text.replace(
+        "  secret_key: ${env:BROKER_SECRET_KEY}\n",
+        "  secret_key:" + line[len(commented) - 1 :] + "\n",
+    )
+    assert rotated != text
+    (tmp_path / "broker.yaml").write_text(rotated)
+    new_key = "n" * 40
+    env = {**EXAMPLE_ENV, "BROKER_SECRET_KEY_NEW": new_key}
+    config = load_config(tmp_path / "broker.yaml", env=env)
+    assert list(config.service.secret_keys) == [
+        new_key,
+        EXAMPLE_ENV["BROKER_SECRET_KEY"],
+    ]
+
+
 def test_example_config_documents_every_key() -> None:
     text = (REPO / "config" / "example.yaml").read_text()
     config = load_config(REPO / "config" / "example.yaml", env=EXAMPLE_ENV)
