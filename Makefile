@@ -6,7 +6,9 @@ STAMP := $(VENV)/.installed
 DEB_PACKAGES := redis-server chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo lint typecheck unit system-packages bench clean
+CERTIFIED_OP := tests/fixtures/certified_op
+
+.PHONY: test demo lint typecheck unit system-packages node-packages bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +27,18 @@ system-packages:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
+# The certified OpenID Provider the tests sign in at (panva's oidc-provider under Node).
+node-packages: $(CERTIFIED_OP)/node_modules/.package-lock.json
+
+$(CERTIFIED_OP)/node_modules/.package-lock.json: $(CERTIFIED_OP)/package-lock.json
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+	  echo "installing Debian packages: nodejs npm"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; \
+	fi
+	npm ci --prefix $(CERTIFIED_OP) --no-audit --no-fund
+	touch $@
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -32,14 +46,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy identity service
 
-test: $(STAMP) system-packages lint typecheck
-	$(BIN)/pytest
+test: $(STAMP) system-packages node-packages lint typecheck
+	$(BIN)/pytest -n 2
 
+# `make demo PORT=9000 IDP_PORT=9001`: the broker and the development IdP on other ports.
 demo: $(STAMP)
-	$(BIN)/chime-broker demo
+	$(BIN)/chime-broker demo $(if $(PORT),--port $(PORT)) $(if $(IDP_PORT),--idp-port $(IDP_PORT))
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
+# py-spy (the `bench` extra) draws `--profile`'s flame graph; the tests do not need it.
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info build dist

@@ -1,4 +1,4 @@
-"""How many Cognito calls a handler made: the fake's own counters, or moto's request
+"""How many AWS calls a handler made: the fakes' own counters, or moto's request
 recording."""
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ import requests
 
 from tests.fixtures.recorder import Recorder
 
-_COGNITO_TARGET = "AWSCognitoIdentityService."
-
 
 class CallCounter(Protocol):
-    """Cognito calls by operation since the last ``reset``."""
+    """AWS calls by operation since the last ``reset``."""
 
     settle_seconds: float
 
@@ -25,7 +23,7 @@ class CallCounter(Protocol):
 
 
 class FakeCounter:
-    """The fake Cognito's counters (`bench.upstreams`)."""
+    """The fake Cognito's and fake STS's counters (`bench.upstreams`)."""
 
     settle_seconds = 0.4
 
@@ -43,8 +41,8 @@ class FakeCounter:
 
 
 class MotoCounter:
-    """Cognito operations in moto's request recording, which stays on throughout so that
-    warm-up and measured runs cost moto the same."""
+    """AWS operations (any service's) in moto's request recording, which stays on
+    throughout so that warm-up and measured runs cost moto the same."""
 
     settle_seconds = 1.0
 
@@ -57,11 +55,7 @@ class MotoCounter:
         self.recorder.reset()
 
     def counts(self) -> dict[str, int]:
-        found = Counter(
-            r.operation
-            for r in self.recorder.requests()
-            if r.operation and r.headers.get("X-Amz-Target", "").startswith(_COGNITO_TARGET)
-        )
+        found = Counter(r.operation for r in self.recorder.requests() if r.operation)
         return dict(found)
 
 

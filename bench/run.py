@@ -1,11 +1,14 @@
 """``python -m bench``: the load benchmark of ``POST /v1/token`` and ``POST /v1/credentials``.
 
-For each upstream (the moto server, an instant fake of Cognito, a fake that answers after
-25 ms) it starts ``chime-broker serve`` and the naive baseline (`bench.baseline`) under the
-same gunicorn settings, shows each of them every user once, drives each with
-`bench.load` for a bounded time, and counts the Cognito calls each made. Everything
-binds loopback ports and is stopped at the end; the markdown table goes to stdout and to
-``bench/results/latest.md``.
+For each upstream (the moto server, an instant fake of Cognito and STS, a fake that answers
+after 25 ms) it starts two ``chime-broker serve`` servers and the naive baseline
+(`bench.baseline`) under the same gunicorn settings: one broker as configured by default
+(users' credentials cached across sessions: the "returning users" rows) and one with
+``service.cache_credentials: false`` (every exchange vends: the "new session each time"
+rows). It shows each of them every user once, drives each with `bench.load` for a bounded
+time, and counts the AWS calls each made and the CPU its workers used. Everything binds
+loopback ports and is stopped at the end; the markdown table goes to stdout and to
+``bench/results/latest.md``, a ``--profile`` beside it.
 """
 
 from __future__ import annotations
@@ -30,18 +33,32 @@ from typing import Any
 import requests
 import yaml
 
-from bench.baseline import COGNITO_PROVIDER, DEVELOPER_PROVIDER
+from bench.baseline import COGNITO_PROVIDER, DEVELOPER_PROVIDER, STS_PROVIDER
 from bench.counters import CallCounter, FakeCounter, MotoCounter, settled_counts
+from bench.cprofile_serve import PROFILE_DIR_ENV
+from bench.cpu import ServerCpu
 from bench.load import LoadRequest, LoadResult, run_load
 from bench.processes import REGION, REPO, Processes, aws_env, free_port
-from bench.report import Row, Setting, render
+from bench.profiling import CPROFILE, PY_SPY, choose_profiler, cprofile_pass, py_spy_pass
+from bench.report import Row, RowSpec, Setting, render
 
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "latest.md"
 CLIENT_ID = "bench-app"
 APP_INSTANCE_ARN = f"arn:aws:chime:{REGION}:123456789012:app-instance/bench"
 FAKE_POOL_ID = f"{REGION}:00000000-0000-4000-8000-00000000be9c"
 FAKE_DEVELOPER_PROVIDER = "login.bench.chat"
+FAKE_STS_ROLE_ARN = "arn:aws:iam::123456789012:role/bench-user"
 UPSTREAMS = ("moto", "instant", "25ms")
+EXCHANGES = ("cognito", "cognito_developer", "sts")
+PROVIDERS = {
+    "cognito": COGNITO_PROVIDER,
+    "cognito_developer": DEVELOPER_PROVIDER,
+    "sts": STS_PROVIDER,
+}
+PROFILERS = ("auto", PY_SPY, CPROFILE)
+# the broker servers of an upstream: one that caches users' credentials across sessions
+# (the default), one that vends for every new session
+BROKERS = {"returning": True, "new": False}
 
 
 @dataclass(frozen=True)
@@ -53,8 +70,41 @@ class Options:
     workers: int
     worker_class: str
     upstreams: tuple[str, ...]
-    developer: bool
+    exchanges: tuple[str, ...]
+    profile: str | None
+    profiler: str
     output: Path
+
+    def rows(self) -> list[RowSpec]:
+        """Every row the run measures, in order."""
+        specs: list[RowSpec] = []
+        for upstream in self.upstreams:
+            for exchange in self.exchanges:
+                for handler in ("new", "returning", "naive"):
+                    specs.append(RowSpec(upstream, "token", exchange, handler))
+                if exchange == "cognito":
+                    for handler in ("broker", "naive"):
+                        specs.append(RowSpec(upstream, "credentials", exchange, handler))
+        return specs
+
+    def command(self) -> str:
+        """The command line that repeats this run."""
+        parts = [
+            "python -m bench",
+            f"--upstreams {','.join(self.upstreams)}",
+            f"--exchanges {','.join(self.exchanges)}",
+            f"--duration {self.duration:g}",
+            f"--warmup {self.warmup:g}",
+            f"--users {self.users}",
+            f"--connections {self.connections}",
+            f"--workers {self.workers}",
+            f"--worker-class {self.worker_class}",
+        ]
+        if self.profile:
+            parts.append(f"--profile {self.profile}")
+        if self.profiler != "auto":
+            parts.append(f"--profiler {self.profiler}")
+        return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -65,7 +115,27 @@ class Upstream:
     endpoint_url: str
     pool_id: str
     developer_provider: str
+    sts_role_arn: str
     counter: CallCounter
+
+
+@dataclass(frozen=True)
+class Server:
+    """One running gunicorn server: its base URL and its master's pid."""
+
+    url: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Profiling:
+    """``--profile``: the row, how it is profiled, and where the profile goes."""
+
+    row: RowSpec
+    profiler: str
+    why: str
+    output_dir: Path
+    work: Path
 
 
 @dataclass(frozen=True)
@@ -102,7 +172,9 @@ def _start_moto(procs: Processes, work: Path) -> str:
     return url
 
 
-def _broker_config(upstream: Upstream, issuer: str, public_url: str, store: Path) -> str:
+def _broker_config(
+    upstream: Upstream, issuer: str, public_url: str, store: Path, *, cache_credentials: bool
+) -> str:
     config: dict[str, Any] = {
         "mode": "production",
         "aws": {
@@ -111,9 +183,14 @@ def _broker_config(upstream: Upstream, issuer: str, public_url: str, store: Path
                 "identity_pool_id": upstream.pool_id,
                 "developer_provider_name": upstream.developer_provider,
             },
+            "sts": {"role_arn": upstream.sts_role_arn},
         },
         "chime": {"app_instance_arn": APP_INSTANCE_ARN},
-        "service": {"public_url": public_url, "secret_key": secrets.token_hex(32)},
+        "service": {
+            "public_url": public_url,
+            "secret_key": secrets.token_hex(32),
+            "cache_credentials": cache_credentials,
+        },
         "store": f"sqlite:///{store}",
         "providers": [
             {
@@ -131,6 +208,14 @@ def _broker_config(upstream: Upstream, issuer: str, public_url: str, store: Path
                 "client_id": CLIENT_ID,
                 "exchange": "cognito_developer",
                 "map": {"user_id": "dev-{sub}"},
+            },
+            {
+                "name": STS_PROVIDER,
+                "kind": "oidc",
+                "issuer": issuer,
+                "client_id": CLIENT_ID,
+                "exchange": "sts",
+                "map": {"user_id": "sts-{sub}"},
             },
         ],
     }
@@ -153,63 +238,123 @@ def _gunicorn_options(options: Options) -> list[str]:
     return argv
 
 
-@contextmanager
-def _handlers(
-    procs: Processes, options: Options, upstream: Upstream, idp: Identity, work: Path
-) -> Iterator[dict[str, str]]:
-    """``chime-broker serve`` and the baseline against ``upstream``: their base URLs."""
-    broker_port, baseline_port = free_port(), free_port()
-    broker_url = f"http://127.0.0.1:{broker_port}"
-    baseline_url = f"http://127.0.0.1:{baseline_port}"
-    config_path = work / f"broker-{upstream.name}.yaml"
+def _start_broker(
+    procs: Processes,
+    name: str,
+    upstream: Upstream,
+    idp: Identity,
+    options: Options,
+    work: Path,
+    *,
+    cache_credentials: bool,
+    cprofile_dir: Path | None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config_path = work / f"{name}.yaml"
+    store = work / f"state-{name}.db"
     config_path.write_text(
-        _broker_config(upstream, idp.issuer, broker_url, work / f"state-{upstream.name}.db"),
+        _broker_config(upstream, idp.issuer, url, store, cache_credentials=cache_credentials),
         encoding="utf-8",
     )
-    broker_name, baseline_name = f"broker-{upstream.name}", f"baseline-{upstream.name}"
-    broker_env = aws_env(upstream.endpoint_url)
-    broker_env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="metrics-", dir=work)
-    broker = procs.start(
-        broker_name,
+    env = aws_env(upstream.endpoint_url)
+    env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="metrics-", dir=work)
+    # under --profile without ptrace: the same server with a cProfile switch in its workers
+    launcher = ["service.cli", "serve"] if cprofile_dir is None else ["bench.cprofile_serve"]
+    if cprofile_dir is not None:
+        env[PROFILE_DIR_ENV] = str(cprofile_dir)
+    process = procs.start(
+        name,
         [
-            sys.executable, "-m", "service.cli", "serve",
+            sys.executable, "-m", *launcher,
             f"--config={config_path}",
-            f"--bind=127.0.0.1:{broker_port}",
+            f"--bind=127.0.0.1:{port}",
             f"--workers={options.workers}",
             f"--worker-class={options.worker_class}",
         ],
-        broker_env,
+        env,
     )  # fmt: skip
-    baseline_env = aws_env(upstream.endpoint_url)
-    baseline_env.update(
+    return process, url
+
+
+def _start_baseline(
+    procs: Processes,
+    name: str,
+    upstream: Upstream,
+    idp: Identity,
+    options: Options,
+    *,
+    cprofile_dir: Path | None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = aws_env(upstream.endpoint_url)
+    env.update(
         BENCH_ISSUER=idp.issuer,
         BENCH_CLIENT_ID=CLIENT_ID,
         BENCH_JWKS_URL=idp.jwks_url,
         BENCH_POOL_ID=upstream.pool_id,
         BENCH_DEVELOPER_PROVIDER=upstream.developer_provider,
+        BENCH_STS_ROLE_ARN=upstream.sts_role_arn,
         BENCH_APP_INSTANCE_ARN=APP_INSTANCE_ARN,
     )
-    baseline = procs.start(
-        baseline_name,
+    hooks: list[str] = []
+    if cprofile_dir is not None:
+        env[PROFILE_DIR_ENV] = str(cprofile_dir)
+        hooks = ["--config=python:bench.cprofile_serve"]
+    process = procs.start(
+        name,
         [
             sys.executable, "-m", "gunicorn",
             *_gunicorn_options(options),
-            f"--bind=127.0.0.1:{baseline_port}",
+            *hooks,
+            f"--bind=127.0.0.1:{port}",
             "bench.baseline:create_app()",
         ],
-        baseline_env,
+        env,
     )  # fmt: skip
+    return process, f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def _handlers(
+    procs: Processes,
+    options: Options,
+    upstream: Upstream,
+    idp: Identity,
+    work: Path,
+    profiling: Profiling | None,
+) -> Iterator[dict[str, Server]]:
+    """The two brokers (``returning``: credentials cached across sessions; ``new``: every
+    session vends) and the baseline (``naive``) against ``upstream``."""
+
+    def cprofile_dir(handler: str) -> Path | None:
+        if profiling is None or profiling.profiler != CPROFILE:
+            return None
+        row = profiling.row
+        wanted = "returning" if row.handler == "broker" else row.handler
+        return profiling.work if (row.upstream, wanted) == (upstream.name, handler) else None
+
+    started: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    names = {handler: f"{handler}-{upstream.name}" for handler in (*BROKERS, "naive")}
     try:
-        procs.wait_ready(f"{broker_url}/healthz", broker, broker_name)
-        procs.wait_ready(f"{baseline_url}/healthz", baseline, baseline_name)
-        yield {"broker": broker_url, "naive": baseline_url}
+        for handler, cache_credentials in BROKERS.items():
+            started[handler] = _start_broker(
+                procs, names[handler], upstream, idp, options, work,
+                cache_credentials=cache_credentials, cprofile_dir=cprofile_dir(handler),
+            )  # fmt: skip
+        started["naive"] = _start_baseline(
+            procs, names["naive"], upstream, idp, options, cprofile_dir=cprofile_dir("naive")
+        )
+        for handler, (process, url) in started.items():
+            procs.wait_ready(f"{url}/healthz", process, names[handler])
+        yield {handler: Server(url, process.pid) for handler, (process, url) in started.items()}
     except Exception:
-        for name in (broker_name, baseline_name):
+        for name in names.values():
             print(f"--- {name} log, last lines:\n{procs.log_tail(name)}", file=sys.stderr)
         raise
     finally:
-        procs.stop(broker)
-        procs.stop(baseline)
+        for process, _ in started.values():
+            procs.stop(process)
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -243,53 +388,98 @@ def _send_each(base_url: str, batch: Sequence[LoadRequest]) -> list[dict[str, An
 
 
 def _measure(
-    base_url: str, batch: Sequence[LoadRequest], counter: CallCounter, options: Options
-) -> tuple[LoadResult, dict[str, int]]:
+    server: Server, batch: Sequence[LoadRequest], counter: CallCounter, options: Options
+) -> tuple[LoadResult, dict[str, int], float]:
+    """One row: the load's result, the AWS calls it caused, the workers' CPU seconds."""
     if options.warmup > 0:
-        run_load(base_url, batch, connections=options.connections, duration=options.warmup)
+        run_load(server.url, batch, connections=options.connections, duration=options.warmup)
         settled_counts(counter)
     counter.reset()
-    result = run_load(base_url, batch, connections=options.connections, duration=options.duration)
-    return result, settled_counts(counter)
+    cpu = ServerCpu(server.pid)
+    cpu_before = cpu.seconds()
+    result = run_load(server.url, batch, connections=options.connections, duration=options.duration)
+    # settled: the requests in flight when the load stopped have been served too
+    calls = settled_counts(counter)
+    return result, calls, cpu.seconds() - cpu_before
+
+
+def _profile(
+    server: Server,
+    batch: Sequence[LoadRequest],
+    counter: CallCounter,
+    options: Options,
+    profiling: Profiling,
+) -> list[Path]:
+    """Run the row's load once more under the profiler; the files it wrote."""
+    slug = profiling.row.id.replace(":", "-")
+    if profiling.profiler == PY_SPY:
+        output = profiling.output_dir / f"profile-{slug}.svg"
+        pass_ = py_spy_pass(server.pid, output, profiling.work / "py-spy.log")
+    else:
+        output = profiling.output_dir / f"profile-{slug}.prof"
+        pass_ = cprofile_pass(server.pid, profiling.work, output)
+    with pass_:
+        run_load(server.url, batch, connections=options.connections, duration=options.duration)
+    settled_counts(counter)
+    if profiling.profiler == CPROFILE:
+        return [output, output.with_suffix(".txt")]
+    return [output]
 
 
 def _run_upstream(
-    procs: Processes, options: Options, upstream: Upstream, idp: Identity, work: Path
+    procs: Processes,
+    options: Options,
+    upstream: Upstream,
+    idp: Identity,
+    work: Path,
+    profiling: Profiling | None,
+    profiles: list[Path],
 ) -> Iterator[Row]:
-    with _handlers(procs, options, upstream, idp, work) as urls:
-
-        def cell(endpoint: str, exchange: str, handler: str, batch: Sequence[LoadRequest]) -> Row:
-            result, calls = _measure(urls[handler], batch, upstream.counter, options)
-            row = Row(upstream.name, endpoint, exchange, handler, result, calls)
+    specs = [spec for spec in options.rows() if spec.upstream == upstream.name]
+    with _handlers(procs, options, upstream, idp, work, profiling) as servers:
+        sessions: list[str] = []
+        for spec in specs:
+            handler = "returning" if spec.handler == "broker" else spec.handler
+            provider = PROVIDERS[spec.exchange]
+            batch: list[LoadRequest]
+            if spec.endpoint == "token":
+                batch = [_token_request(provider, t) for t in idp.id_tokens]
+                if handler != "naive":
+                    # every user has exchanged once: identity ids are cached in both
+                    # brokers, and in the default one the users' credentials too
+                    answers = _send_each(servers[handler].url, batch)
+                    if handler == "returning" and spec.exchange == "cognito":
+                        sessions = [a["broker_session"]["token"] for a in answers]
+            elif handler == "naive":
+                # the naive handler keeps no sessions: its clients resend the id token
+                batch = [_credentials_request(t) for t in idp.id_tokens]
+            else:
+                batch = [_credentials_request(s) for s in sessions]
+                _send_each(servers[handler].url, batch)
+            result, calls, cpu = _measure(servers[handler], batch, upstream.counter, options)
+            row = Row(spec, result, calls, cpu)
             print(row.progress_line(), flush=True)
-            return row
-
-        token_batch = [_token_request(COGNITO_PROVIDER, t) for t in idp.id_tokens]
-        sessions = [a["broker_session"]["token"] for a in _send_each(urls["broker"], token_batch)]
-        _send_each(urls["naive"], token_batch)
-        for handler in ("broker", "naive"):
-            yield cell("POST /v1/token", "cognito", handler, token_batch)
-
-        # the naive handler keeps no sessions: its clients keep the id token and resend it
-        credential_batches = {
-            "broker": [_credentials_request(s) for s in sessions],
-            "naive": [_credentials_request(t) for t in idp.id_tokens],
-        }
-        for handler, batch in credential_batches.items():
-            _send_each(urls[handler], batch)
-            yield cell("POST /v1/credentials", "cognito", handler, batch)
-
-        if options.developer:
-            developer_batch = [_token_request(DEVELOPER_PROVIDER, t) for t in idp.id_tokens]
-            for handler in ("broker", "naive"):
-                _send_each(urls[handler], developer_batch)
-                yield cell("POST /v1/token", "cognito_developer", handler, developer_batch)
+            yield row
+            if profiling is not None and profiling.row == spec:
+                written = _profile(servers[handler], batch, upstream.counter, options, profiling)
+                profiles.extend(written)
+                shown = ", ".join(str(p) for p in written)
+                print(f"  profile of {spec.id} ({profiling.profiler}): {shown}", flush=True)
 
 
-def _run(options: Options, work: Path) -> list[Row]:
+def _run(options: Options, work: Path) -> tuple[list[Row], list[Path], Profiling | None]:
+    """The rows, the profiles written, and how ``--profile`` was taken."""
     from service.demo.aws_world import bootstrap
     from service.demo.dev_idp import DevIdentityProvider
 
+    profiling: Profiling | None = None
+    if options.profile is not None:
+        row = next(spec for spec in options.rows() if spec.id == options.profile)
+        profiler, why = choose_profiler(options.profiler)
+        profile_work = work / "profile"
+        profile_work.mkdir()
+        profiling = Profiling(row, profiler, why, options.output.parent, profile_work)
+        profiling.output_dir.mkdir(parents=True, exist_ok=True)
     procs = Processes(work)
     dev_idp = DevIdentityProvider().start()
     try:
@@ -310,26 +500,30 @@ def _run(options: Options, work: Path) -> list[Row]:
         upstreams: dict[str, Upstream] = {
             "instant": Upstream(
                 "instant", instant_url, FAKE_POOL_ID, FAKE_DEVELOPER_PROVIDER,
-                FakeCounter(instant_url),
+                FAKE_STS_ROLE_ARN, FakeCounter(instant_url),
             ),
         }  # fmt: skip
         if "25ms" in options.upstreams:
             slow_url = _start_upstreams(procs, jwks_file, 0.025, "fake-25ms")
             upstreams["25ms"] = Upstream(
-                "25ms", slow_url, FAKE_POOL_ID, FAKE_DEVELOPER_PROVIDER, FakeCounter(slow_url)
-            )
+                "25ms", slow_url, FAKE_POOL_ID, FAKE_DEVELOPER_PROVIDER,
+                FAKE_STS_ROLE_ARN, FakeCounter(slow_url),
+            )  # fmt: skip
         if "moto" in options.upstreams:
             moto_url = _start_moto(procs, work)
             world = bootstrap(moto_url, region=REGION)
             upstreams["moto"] = Upstream(
                 "moto", moto_url, world.identity_pool_id, world.developer_provider_name,
-                MotoCounter(moto_url),
+                world.user_role_arn, MotoCounter(moto_url),
             )  # fmt: skip
         rows: list[Row] = []
+        profiles: list[Path] = []
         for name in options.upstreams:
             print(f"{name}:", flush=True)
-            rows.extend(_run_upstream(procs, options, upstreams[name], idp, work))
-        return rows
+            rows.extend(
+                _run_upstream(procs, options, upstreams[name], idp, work, profiling, profiles)
+            )
+        return rows, profiles, profiling
     finally:
         procs.stop_all()
         dev_idp.stop()
@@ -344,7 +538,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         description="Load benchmark of the broker's token exchange and refresh against "
         "the naive baseline (DESIGN §7).",
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per row")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per row")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before each row")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--users", type=int, default=200)
@@ -354,18 +548,32 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "--upstreams", default=",".join(UPSTREAMS), help=f"comma-separated subset of {UPSTREAMS}"
     )
     parser.add_argument(
-        "--developer",
-        action="store_true",
-        help="add POST /v1/token rows for exchange: cognito_developer (every new session "
-        "needs GetOpenIdTokenForDeveloperIdentity + GetCredentialsForIdentity, as the "
-        "baseline does)",
+        "--exchanges",
+        default=",".join(EXCHANGES),
+        help=f"comma-separated subset of {EXCHANGES}: the exchange modes measured",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="ROW",
+        help="also profile this row (UPSTREAM:ENDPOINT:EXCHANGE:HANDLER, as the progress "
+        "lines name it, e.g. 25ms:token:cognito:new) in a pass of its own; the profile "
+        "goes beside --output",
+    )
+    parser.add_argument(
+        "--profiler",
+        default="auto",
+        choices=PROFILERS,
+        help="auto: py-spy's flame graph where py-spy is installed and may ptrace, else cProfile",
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     upstreams = tuple(u for u in args.upstreams.split(",") if u)
     if not upstreams or set(upstreams) - set(UPSTREAMS):
         parser.error(f"--upstreams: a comma-separated subset of {', '.join(UPSTREAMS)}")
-    return Options(
+    exchanges = tuple(e for e in args.exchanges.split(",") if e)
+    if not exchanges or set(exchanges) - set(EXCHANGES):
+        parser.error(f"--exchanges: a comma-separated subset of {', '.join(EXCHANGES)}")
+    options = Options(
         duration=args.duration,
         warmup=args.warmup,
         connections=args.connections,
@@ -373,9 +581,25 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         workers=args.workers,
         worker_class=args.worker_class,
         upstreams=upstreams,
-        developer=args.developer,
+        exchanges=exchanges,
+        profile=args.profile,
+        profiler=args.profiler,
         output=args.output,
     )
+    row_ids = [spec.id for spec in options.rows()]
+    if options.profile is not None and options.profile not in row_ids:
+        parser.error(
+            f"--profile: {options.profile!r} is not a row of this run; its rows are\n  "
+            + "\n  ".join(row_ids)
+        )
+    return options
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -389,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="chime-bench-") as tmp:
-        rows = _run(options, Path(tmp))
+        rows, profiles, profiling = _run(options, Path(tmp))
     setting = Setting(
         workers=options.workers,
         worker_class=options.worker_class,
@@ -399,6 +623,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         users=options.users,
         load_before=load_before,
         load_after=os.getloadavg()[0],
+        command=options.command(),
+        profiled_row=profiling.row.id if profiling else "",
+        profiles=tuple(_relative(p) for p in profiles),
+        profiler=f"{profiling.profiler}, {profiling.why}" if profiling else "",
     )
     report = render(rows, setting)
     options.output.parent.mkdir(parents=True, exist_ok=True)

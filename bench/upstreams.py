@@ -2,11 +2,12 @@
 
     python -m bench.upstreams --delay 0.025 --jwks-file keys.json
 
-* ``POST /``: the fake Cognito Identity service (`bench.fake_cognito.FakeCognito`).
+* ``POST /``: the fake Cognito Identity service (`bench.fake_cognito.FakeCognito`), or
+  for a form-encoded body the fake STS (`bench.fake_sts.FakeSts`).
 * ``GET /jwks``: the identity provider's key set, as a remote IdP serves it: a static
   document, so that the naive baseline's per-request fetch costs this machine one HTTP
   round trip and not the CPU of a Python IdP serving it.
-* ``GET /_bench/counts``, ``POST /_bench/reset``: the fake's call counters.
+* ``GET /_bench/counts``, ``POST /_bench/reset``: both fakes' call counters.
 
 The first line on stdout is the port it bound; it serves until terminated.
 """
@@ -21,13 +22,16 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bench.fake_cognito import FakeCognito, StartResponse
+from bench.fake_sts import FakeSts, is_query_request
 
 
 class Upstreams:
-    """WSGI dispatch between the fake Cognito, the static JWKS and the counters."""
+    """WSGI dispatch between the fake Cognito, the fake STS, the static JWKS and the
+    counters."""
 
-    def __init__(self, cognito: FakeCognito, jwks: bytes) -> None:
+    def __init__(self, cognito: FakeCognito, sts: FakeSts, jwks: bytes) -> None:
         self.cognito = cognito
+        self.sts = sts
         self.jwks = jwks
 
     def _json(self, start_response: StartResponse, body: bytes) -> Iterable[bytes]:
@@ -40,13 +44,17 @@ class Upstreams:
         path = environ.get("PATH_INFO", "/")
         method = environ.get("REQUEST_METHOD")
         if path == "/":
+            if is_query_request(environ):
+                return self.sts(environ, start_response)
             return self.cognito(environ, start_response)
         if path == "/jwks" and method == "GET":
             return self._json(start_response, self.jwks)
         if path == "/_bench/counts" and method == "GET":
-            return self._json(start_response, json.dumps(self.cognito.counts()).encode())
+            counts = {**self.cognito.counts(), **self.sts.counts()}
+            return self._json(start_response, json.dumps(counts).encode())
         if path == "/_bench/reset" and method == "POST":
             self.cognito.reset()
+            self.sts.reset()
             return self._json(start_response, b"{}")
         start_response("404 Not Found", [("Content-Length", "0")])
         return [b""]
@@ -67,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with open(args.jwks_file, "rb") as f:
         jwks = f.read()
-    app = Upstreams(FakeCognito(delay=args.delay), jwks)
+    app = Upstreams(FakeCognito(delay=args.delay), FakeSts(delay=args.delay), jwks)
     server = WSGIServer((args.host, args.port), app, log=None, error_log=sys.stderr)
     server.init_socket()
     # pywsgi writes a response's headers and body in two sends: without TCP_NODELAY

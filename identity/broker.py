@@ -137,18 +137,22 @@ class Broker:
         user: MappedUser | None = None,
         refresh_token: str | None = None,
         end_session_url: str | None = None,
+        refresh_token_missing: bool = False,
     ) -> Grant:
         """Map ``principal`` (unless ``user`` is given already mapped), provision the app
         instance user, vend credentials, and open a session that can vend again.
 
-        ``refresh_token`` (kept sealed) lets the session re-check the user with the IdP;
+        ``refresh_token`` (kept sealed) lets the session re-check the user with the IdP
+        (``refresh_token_missing``: one was asked for and none came);
         ``end_session_url`` is what logout hands back."""
         if user is None:
             user = self.mappers[provider_cfg.name].map(principal)
         self._provision(provider_cfg, user)
         now = self.clock()
         lifetime = self.config.service.session_lifetime
-        credentials = self.vend(provider_cfg, user, principal, max_duration=lifetime)
+        credentials = self._cached_or_vended(
+            provider_cfg, user, principal, now=now, session_ends_at=now + lifetime
+        )
         record = self._session_record(
             provider_cfg,
             principal,
@@ -157,6 +161,7 @@ class Broker:
             now=now,
             refresh_token=refresh_token,
             end_session_url=end_session_url,
+            refresh_token_missing=refresh_token_missing,
         )
         token = self.sessions.create(record)
         log.info(
@@ -180,6 +185,7 @@ class Broker:
         *,
         refresh_token: str | None = None,
         end_session_url: str | None = None,
+        refresh_token_missing: bool = False,
     ) -> tuple[str, SessionRecord]:
         """Map ``principal``, provision the app instance user and open a cookie session;
         nothing is vended until the SPA asks (``POST /v1/credentials``). Returns the new
@@ -194,6 +200,7 @@ class Broker:
             now=self.clock(),
             refresh_token=refresh_token,
             end_session_url=end_session_url,
+            refresh_token_missing=refresh_token_missing,
         )
         token = self.sessions.create(record)
         log.info(
@@ -233,6 +240,7 @@ class Broker:
         now: float,
         refresh_token: str | None,
         end_session_url: str | None,
+        refresh_token_missing: bool = False,
     ) -> SessionRecord:
         cognito = provider_cfg.exchange == "cognito"
         login_exp = principal.token_expires_at.timestamp() if principal.token_expires_at else None
@@ -252,6 +260,7 @@ class Broker:
             refresh_token=refresh_token or None,
             rechecked_at=now if refresh_token else None,
             end_session_url=end_session_url,
+            refresh_token_missing=refresh_token_missing and not refresh_token,
         )
 
     def refresh(self, session_token: str | None) -> Grant:
@@ -282,20 +291,42 @@ class Broker:
             display_name=record.display_name,
             tags=dict(record.tags),
         )
-        cache_key = self._cache_key(session_token, provider_cfg, user)
-        credentials = self.credential_cache.get(cache_key)
-        if credentials is None:
-            principal = Principal(
-                provider=record.provider,
-                issuer=record.issuer,
-                subject=record.subject,
-                login_key=record.login_key,
-                login_token=record.login_token,
-            )
-            remaining = int(record.expires_at - now)
-            credentials = self.vend(provider_cfg, user, principal, max_duration=remaining)
-            self.credential_cache.put(cache_key, credentials)
+        principal = Principal(
+            provider=record.provider,
+            issuer=record.issuer,
+            subject=record.subject,
+            login_key=record.login_key,
+            login_token=record.login_token,
+        )
+        credentials = self._cached_or_vended(
+            provider_cfg, user, principal, now=now, session_ends_at=record.expires_at
+        )
         return self.grant(record.provider, user, credentials)
+
+    def _cached_or_vended(
+        self,
+        provider_cfg: ProviderBase,
+        user: MappedUser,
+        principal: Principal,
+        *,
+        now: float,
+        session_ends_at: float,
+    ) -> VendedCredentials:
+        """The user's cached credentials when they suit a session ending at
+        ``session_ends_at``; else freshly vended ones, which then become the cached ones."""
+        key = self.user_cache_key(provider_cfg, user.user_id)
+        identity = (
+            (principal.login_key or "", principal.subject)
+            if provider_cfg.exchange == "cognito"
+            else ()
+        )
+        binding = self.credential_cache.binding(user.tags, identity)
+        credentials = self.credential_cache.get(key, binding=binding, not_after=session_ends_at)
+        if credentials is None:
+            remaining = int(session_ends_at - now)
+            credentials = self.vend(provider_cfg, user, principal, max_duration=remaining)
+            self.credential_cache.put(key, credentials, binding=binding)
+        return credentials
 
     def _recheck(
         self, session_token: str, record: SessionRecord, provider_cfg: ProviderBase, now: float
@@ -360,32 +391,23 @@ class Broker:
             raise errors.Unauthenticated("no broker session, or it has ended")
         provider_cfg = self.config.provider(record.provider)
         if provider_cfg is not None:
-            user = MappedUser(record.provider, record.user_id, record.display_name, record.tags)
-            self.credential_cache.forget(self._cache_key(session_token, provider_cfg, user))
+            self.credential_cache.forget(self.user_cache_key(provider_cfg, record.user_id))
         log.info(
             "session ended",
             extra={"fields": {"provider": record.provider, "user_id": record.user_id}},
         )
         return record
 
-    def _cache_key(self, session_token: str, provider_cfg: ProviderBase, user: MappedUser) -> str:
-        return self.session_cache_key(token_hash(session_token), provider_cfg, user)
-
-    def session_cache_key(
-        self, session_hash: str, provider_cfg: ProviderBase, user: MappedUser
-    ) -> str:
-        """The credential cache key of the session whose token hashes to ``session_hash``."""
+    def user_cache_key(self, provider_cfg: ProviderBase, user_id: str) -> str:
+        """The credential cache key of ``user_id`` of ``provider_cfg`` (one per user and
+        role, shared by the user's sessions)."""
         role = (
             getattr(provider_cfg, "role_arn", None)
             or getattr(provider_cfg, "custom_role_arn", None)
             or (self.config.aws.sts.role_arn if self.config.aws.sts else "")
         )
         return self.credential_cache.key(
-            session=session_hash,
-            provider=provider_cfg.name,
-            user_id=user.user_id,
-            tags=user.tags,
-            role=f"{provider_cfg.exchange}:{role}",
+            provider=provider_cfg.name, user_id=user_id, role=f"{provider_cfg.exchange}:{role}"
         )
 
     def vend(

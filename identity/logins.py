@@ -110,9 +110,24 @@ class NativeHandoff(StoredRecord):
     created_at: float
     refresh_token: str | None = Field(default=None, repr=False)
     end_session_url: str | None = Field(default=None, repr=False)
+    refresh_token_missing: bool = False
 
 
 _HANDOFF: Final = TypeAdapter(NativeHandoff)
+
+
+SignInProblem = Literal["no_state", "unknown", "used", "expired", "other_browser", "other_provider"]
+
+
+class SignInNotUsable(errors.InvalidRequest):
+    """An answer that names no live sign-in of this browser and provider (``invalid_request``);
+    ``reason`` says which, for the page a person sees."""
+
+    def __init__(
+        self, detail: str, *, reason: SignInProblem, log_detail: str | None = None
+    ) -> None:
+        super().__init__(detail, log_detail=log_detail)
+        self.reason: SignInProblem = reason
 
 
 class LoginTransactions:
@@ -162,33 +177,41 @@ class LoginTransactions:
         begun by another browser or for another provider.
         """
         if not state or not _STATE.fullmatch(state):
-            raise errors.InvalidRequest("the sign-in answer has no valid state")
+            raise SignInNotUsable("the sign-in answer has no valid state", reason="no_state")
         key, transaction = self._find(state)
         if transaction is None:
-            raise errors.InvalidRequest(
-                "unknown, used or expired sign-in; start again", log_detail="state not found"
+            raise SignInNotUsable(
+                "unknown, used or expired sign-in; start again",
+                reason="unknown",
+                log_detail="state not found",
             )
         accepted = [binding] if isinstance(binding, str) else list(binding)
         # every candidate is compared, so the time taken does not tell which one matched
         matches = [hmac.compare_digest(transaction.binding, b) for b in accepted]
         if not any(matches):
-            raise errors.InvalidRequest(
+            raise SignInNotUsable(
                 "this sign-in was started in another browser; start again",
+                reason="other_browser",
                 log_detail="pre-login cookie does not match the transaction",
             )
         if transaction.provider != provider:
-            raise errors.InvalidRequest(
+            raise SignInNotUsable(
                 "this sign-in was started for another provider",
+                reason="other_provider",
                 log_detail=f"state of {transaction.provider!r} returned to {provider!r}",
             )
         # Only one of several concurrent answers with the same state gets it.
         if self._store.get_and_delete(key) is None:
-            raise errors.InvalidRequest(
-                "unknown, used or expired sign-in; start again", log_detail="state already used"
+            raise SignInNotUsable(
+                "unknown, used or expired sign-in; start again",
+                reason="used",
+                log_detail="state already used",
             )
         if now - transaction.created_at > LOGIN_TTL:
-            raise errors.InvalidRequest(
-                "unknown, used or expired sign-in; start again", log_detail="state expired"
+            raise SignInNotUsable(
+                "unknown, used or expired sign-in; start again",
+                reason="expired",
+                log_detail="state expired",
             )
         return transaction
 
@@ -282,6 +305,7 @@ class SessionOpener(Protocol):
         *,
         refresh_token: str | None = None,
         end_session_url: str | None = None,
+        refresh_token_missing: bool = False,
     ) -> tuple[str, SessionRecord]: ...
 
     def start_session(
@@ -293,6 +317,7 @@ class SessionOpener(Protocol):
         user: MappedUser | None = None,
         refresh_token: str | None = None,
         end_session_url: str | None = None,
+        refresh_token_missing: bool = False,
     ) -> Grant: ...
 
     def end_session(self, session_token: str | None) -> SessionRecord: ...
@@ -555,6 +580,7 @@ class BrowserLogins:
                     created_at=self._clock(),
                     refresh_token=login.refresh_token,
                     end_session_url=login.end_session_url,
+                    refresh_token_missing=login.refresh_token_missing,
                 )
             )
             log.info("native login finished", extra={"fields": {"provider": provider}})
@@ -564,6 +590,7 @@ class BrowserLogins:
             login.principal,
             refresh_token=login.refresh_token,
             end_session_url=login.end_session_url,
+            refresh_token_missing=login.refresh_token_missing,
         )
         if previous_session:
             with contextlib.suppress(errors.Unauthenticated):
@@ -585,6 +612,7 @@ class BrowserLogins:
             origin="native",
             refresh_token=handoff.refresh_token,
             end_session_url=handoff.end_session_url,
+            refresh_token_missing=handoff.refresh_token_missing,
         )
 
     def _provider(self, name: str) -> RedirectProvider:

@@ -336,7 +336,7 @@ def cloudformation_template(config: BrokerSettings) -> dict[str, Any]:
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": "IAM roles for the Chime identity broker",
     }
-    resources: dict[str, Any] = {"UserRole": _user_role_resource(config)}
+    resources: dict[str, Any] = {"UserRole": user_role_resource(config)}
     outputs: dict[str, Any] = {
         "UserRoleArn": {
             "Description": "aws.sts.role_arn, and the identity pool's authenticated role",
@@ -363,7 +363,7 @@ def cloudformation_template(config: BrokerSettings) -> dict[str, Any]:
             "BrokerIsService": {"Fn::Equals": [{"Ref": "BrokerPrincipalType"}, "Service"]},
             "BrokerIsAccountRoot": {"Fn::Equals": [{"Ref": "BrokerPrincipal"}, ""]},
         }
-        resources.update(_server_role_resources(config))
+        resources.update(server_role_resources(config, runtime_principal=_parameter_principal()))
         outputs["ServerRoleArn"] = {
             "Description": "The role the broker runs as",
             "Value": _get_att("ServerRole"),
@@ -373,7 +373,9 @@ def cloudformation_template(config: BrokerSettings) -> dict[str, Any]:
     return template
 
 
-def _user_role_resource(config: BrokerSettings) -> dict[str, Any]:
+def user_role_resource(config: BrokerSettings) -> dict[str, Any]:
+    """The ``UserRole`` resource: ``user_role_trust_policy`` (the server role is the stack's
+    ``ServerRole``) and ``user_role_permission_policy``, named as ``aws.sts.role_arn``."""
     properties: dict[str, Any] = {
         "Description": "Credentials vended by the Chime identity broker: one app instance "
         "user each",
@@ -397,24 +399,16 @@ def _user_role_resource(config: BrokerSettings) -> dict[str, Any]:
     return {"Type": "AWS::IAM::Role", "Properties": properties}
 
 
-def _server_role_resources(config: BrokerSettings) -> dict[str, Any]:
-    account_root = {
-        "Fn::Join": [
-            "",
-            ["arn:", {"Ref": "AWS::Partition"}, ":iam::", {"Ref": "AWS::AccountId"}, ":root"],
-        ]
-    }
-    runtime_principal = {
-        "Fn::If": [
-            "BrokerIsService",
-            {"Service": {"Ref": "BrokerPrincipal"}},
-            {"AWS": {"Fn::If": ["BrokerIsAccountRoot", account_root, {"Ref": "BrokerPrincipal"}]}},
-        ]
-    }
+def server_role_resources(
+    config: BrokerSettings, *, runtime_principal: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The ``ServerRole`` resource, which ``runtime_principal`` (a policy ``Principal``
+    element, see ``principal_element``) may assume, and ``ServerRolePolicy`` with
+    ``server_role_policy``'s statements when the broker needs any."""
     # The stack's user role stands in for aws.sts.role_arn; other STS roles are the admin's.
     named = config.aws.sts.role_arn if config.aws.sts is not None else None
     other_user_roles = [arn for arn in sts_user_role_arns(config) if arn != named]
-    return {
+    resources: dict[str, Any] = {
         "ServerRole": {
             "Type": "AWS::IAM::Role",
             "Properties": {
@@ -422,18 +416,37 @@ def _server_role_resources(config: BrokerSettings) -> dict[str, Any]:
                 "AssumeRolePolicyDocument": _runtime_trust_policy(runtime_principal),
             },
         },
+    }
+    policy = server_role_policy(config, user_role_arns=[_get_att("UserRole"), *other_user_roles])
+    if policy is not None:
         # A separate resource: inline Policies on ServerRole would make the two roles
         # reference each other's ARNs, a dependency cycle.
-        "ServerRolePolicy": {
+        resources["ServerRolePolicy"] = {
             "Type": "AWS::IAM::RolePolicy",
             "Properties": {
                 "RoleName": {"Ref": "ServerRole"},
                 "PolicyName": "chime-broker-server",
-                "PolicyDocument": server_role_policy(
-                    config, user_role_arns=[_get_att("UserRole"), *other_user_roles]
-                ),
+                "PolicyDocument": policy,
             },
-        },
+        }
+    return resources
+
+
+def _parameter_principal() -> dict[str, Any]:
+    """The server role's runtime principal from the parameters ``BrokerPrincipalType`` and
+    ``BrokerPrincipal``."""
+    account_root = {
+        "Fn::Join": [
+            "",
+            ["arn:", {"Ref": "AWS::Partition"}, ":iam::", {"Ref": "AWS::AccountId"}, ":root"],
+        ]
+    }
+    return {
+        "Fn::If": [
+            "BrokerIsService",
+            {"Service": {"Ref": "BrokerPrincipal"}},
+            {"AWS": {"Fn::If": ["BrokerIsAccountRoot", account_root, {"Ref": "BrokerPrincipal"}]}},
+        ]
     }
 
 

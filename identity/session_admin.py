@@ -15,7 +15,6 @@ from typing import Any
 
 from identity.broker import Broker
 from identity.config.document import BrokerConfig
-from identity.models import MappedUser
 from identity.revocation import deny_statement, rfc3339
 from identity.vending.sts import role_session_name
 
@@ -80,16 +79,13 @@ def revoke_user(broker: Broker, user_id: str, provider: str | None = None) -> Re
             conditions.append(condition)
         provider_cfg = config.provider(name)
         for entry in sessions.index.live(name, user_id):
-            record = sessions.end_by_hash(entry.session_hash)
-            if record is None:
-                continue
-            ended += 1
-            if provider_cfg is not None:
-                user = MappedUser(record.provider, record.user_id, record.display_name, record.tags)
-                key = broker.session_cache_key(entry.session_hash, provider_cfg, user)
-                if broker.store.get_and_delete(key) is not None:
-                    dropped += 1
+            if sessions.end_by_hash(entry.session_hash) is not None:
+                ended += 1
         sessions.index.clear(name, user_id)
+        if provider_cfg is not None and broker.credential_cache.forget(
+            broker.user_cache_key(provider_cfg, user_id)
+        ):
+            dropped += 1
     scope = {"user_id": user_id, **({"provider": provider} if provider else {})}
     statements = [
         deny_statement(at, condition, sid=f"RevokeUserSessions{kind}")

@@ -42,6 +42,8 @@ class SessionRecord(StoredRecord):
     login_token_expires_at: float | None = None
     refresh_token: str | None = Field(default=None, repr=False)
     rechecked_at: float | None = None
+    # offline_access was asked for and the provider gave no refresh token: no re-checks.
+    refresh_token_missing: bool = False
     end_session_url: str | None = None
 
     def remaining(self, now: float) -> float:

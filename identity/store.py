@@ -1,11 +1,13 @@
 """The broker's state store: key/value with TTLs and atomic operations.
 
-One contract, :class:`Store`, three backends chosen by URL scheme (:func:`open_store`):
+One contract, :class:`Store`, four backends chosen by URL scheme (:func:`open_store`):
 
 * ``memory://`` — one process (tests, demo); thread-safe.
 * ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` — one machine, any
   number of worker processes and threads (WAL mode).
 * ``redis://`` or ``rediss://`` — several machines (Redis >= 6.2).
+* ``dynamodb://TABLE`` — several machines or Lambda; one DynamoDB table in the config's
+  region (:mod:`identity.dynamodb_store`).
 
 Keys are ``str``, values are ``bytes`` (the caller serialises). TTLs are seconds and
 must be > 0; an expired key behaves as absent for every operation. Failures of the
@@ -17,7 +19,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -30,9 +31,14 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from identity.dynamodb_store import DynamoDbStore, table_from_url
 from identity.errors import StoreError
+from identity.store_values import check_ttl as _check_ttl
+from identity.store_values import check_value as _check_value
+from identity.store_values import counter_value as _counter_value
 
 __all__ = [
+    "DynamoDbStore",
     "MemoryStore",
     "RedisStore",
     "SqliteStore",
@@ -88,27 +94,6 @@ class Store(Protocol):
     def close(self) -> None:
         """Release connections; the store must not be used afterwards."""
         ...
-
-
-_INTEGER = re.compile(rb"-?[0-9]{1,19}")
-
-
-def _check_ttl(ttl: float) -> None:
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-        raise ValueError(f"ttl must be a number of seconds, got {type(ttl).__name__}")
-    if not math.isfinite(ttl) or ttl <= 0:
-        raise ValueError(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
-
-
-def _check_value(value: bytes) -> None:
-    if not isinstance(value, bytes):
-        raise TypeError(f"store values are bytes, got {type(value).__name__}")
-
-
-def _counter_value(key: str, value: bytes) -> int:
-    if _INTEGER.fullmatch(value) is None:
-        raise StoreError(f"cannot increment {key!r}: its value is not an integer")
-    return int(value)
 
 
 # --------------------------------------------------------------------------- memory
@@ -540,16 +525,22 @@ def _sqlite_path(url: str) -> str:
     return path
 
 
-def _open_memory(url: str) -> Store:
+def _open_memory(url: str, region: str | None) -> Store:
     return MemoryStore()
 
 
-def _open_sqlite(url: str) -> Store:
+def _open_sqlite(url: str, region: str | None) -> Store:
     return SqliteStore(_sqlite_path(url))
 
 
-def _open_redis(url: str) -> Store:
+def _open_redis(url: str, region: str | None) -> Store:
     return RedisStore(url)
+
+
+def _open_dynamodb(url: str, region: str | None) -> Store:
+    if not region:
+        raise ValueError("a dynamodb store needs a region (the config's aws.region)")
+    return DynamoDbStore(table_from_url(url), region=region)
 
 
 def _check_memory(url: str) -> None:
@@ -569,16 +560,19 @@ def _check_redis(url: str) -> None:
         raise ValueError(f"redis store URL: {e}") from None
 
 
-# scheme -> (check the URL without side effects, open the store)
-_BACKENDS: dict[str, tuple[Callable[[str], object], Callable[[str], Store]]] = {
+_Opener = Callable[[str, str | None], Store]
+
+# scheme -> (check the URL without side effects, open the store in a region)
+_BACKENDS: dict[str, tuple[Callable[[str], object], _Opener]] = {
     "memory": (_check_memory, _open_memory),
     "sqlite": (_sqlite_path, _open_sqlite),
     "redis": (_check_redis, _open_redis),
     "rediss": (_check_redis, _open_redis),
+    "dynamodb": (table_from_url, _open_dynamodb),
 }
 
 
-def _backend(url: str) -> tuple[Callable[[str], object], Callable[[str], Store]]:
+def _backend(url: str) -> tuple[Callable[[str], object], _Opener]:
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in _BACKENDS:
         known = ", ".join(f"{s}://" for s in _BACKENDS)
@@ -592,16 +586,17 @@ def validate_store_url(url: str) -> None:
     check(url)
 
 
-def open_store(url: str) -> Store:
-    """Open the store a URL names.
+def open_store(url: str, *, region: str | None = None) -> Store:
+    """Open the store a URL names; ``region`` (the config's ``aws.region``) is where a
+    DynamoDB table is, and is required for one.
 
-    Raises ValueError for an unknown scheme or a malformed URL, StoreError when the
-    backend cannot be opened (SQLite opens its file and schema here; Redis connects
-    lazily, so call :meth:`Store.ping` to check it).
+    Raises ValueError for an unknown scheme, a malformed URL or a DynamoDB URL without a
+    region, StoreError when the backend cannot be opened (SQLite opens its file and schema
+    here; Redis and DynamoDB connect lazily, so call :meth:`Store.ping` to check them).
     """
     check, open_ = _backend(url)
     check(url)
-    return open_(url)
+    return open_(url, region)
 
 
 def store_location_problem(url: str) -> str | None:

@@ -37,7 +37,8 @@ SYMMETRIC_ALGORITHMS = frozenset({"HS256"})
 
 _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 _EC_ALGORITHM_BY_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
-_OKP_CURVES = frozenset({"Ed25519", "Ed448"})
+# EdDSA means Ed25519 here: Ed448 keys are not used.
+_OKP_CURVES = frozenset({"Ed25519"})
 _HEADER_KEY_PARAMETERS = ("jwk", "jku", "x5u", "x5c")
 
 # Three unpadded base64url segments: anything else is refused before it is decoded.
@@ -69,6 +70,11 @@ class SharedSecret:
     def __repr__(self) -> str:
         return "SharedSecret(<hidden>)"
 
+    @property
+    def algorithms(self) -> frozenset[str]:
+        """The algorithms tokens under this secret may use."""
+        return SYMMETRIC_ALGORITHMS
+
     def signing_key(self, kid: str | None) -> SigningKey:
         """The secret, whatever ``kid`` the token names."""
         return self._signing_key
@@ -78,9 +84,10 @@ class SharedSecret:
 class JwtPolicy:
     """What one provider's tokens must satisfy.
 
-    ``max_iat_future`` defaults to ``leeway``; ``exp`` is always required, whatever
-    ``required_claims`` says. HS256 is only for a ``SharedSecret`` and never shares a
-    policy with asymmetric algorithms.
+    ``max_iat_future`` defaults to ``leeway``; ``exp`` is required, whatever
+    ``required_claims`` says, unless ``require_exp`` is false (a signed userinfo
+    response, which OIDC Core does not give an ``exp``). HS256 is only for a
+    ``SharedSecret`` and never shares a policy with asymmetric algorithms.
     """
 
     issuers: tuple[str, ...]
@@ -94,6 +101,7 @@ class JwtPolicy:
     max_token_bytes: int = 16 * 1024
     allowed_token_use: str | None = None
     check_azp: bool = True
+    require_exp: bool = True
 
     def __post_init__(self) -> None:
         for name in ("issuers", "audiences", "algorithms"):
@@ -124,9 +132,13 @@ class JwksCache:
     """A provider's signing keys, fetched once and kept in a kid -> key map.
 
     Give ``jwks_url``, or ``issuer`` to resolve ``jwks_uri`` from the issuer's discovery
-    document. Keys are refetched after ``ttl`` seconds; an unknown kid triggers at most
-    one refetch per ``min_refresh_interval``, and a failed fetch is not retried before
-    that interval has passed either. While fetches fail, cached keys are served however
+    document. With ``issuer`` and ``follow_discovery``, the algorithms in use are
+    ``algorithms`` narrowed to those the discovery document advertises
+    (``id_token_signing_alg_values_supported``; RS256 when it says nothing, as OIDC
+    Discovery makes RS256 the one every provider supports). Keys are refetched after
+    ``ttl`` seconds; an unknown kid triggers at most one refetch per
+    ``min_refresh_interval``, and a failed fetch is not retried before that interval has
+    passed either. While fetches fail, cached keys are served however
     old; with none cached, ``UpstreamUnavailable`` (``UpstreamTimeout`` on a timeout).
     Only keys usable with ``algorithms`` are kept; keys whose ``use`` is not ``sig`` are
     skipped. Thread-safe: one fetch at a time, and callers that waited for it use its
@@ -139,6 +151,7 @@ class JwksCache:
         jwks_url: str | None = None,
         issuer: str | None = None,
         algorithms: tuple[str, ...] = ("RS256",),
+        follow_discovery: bool = False,
         session: requests.Session | None = None,
         connect_timeout: float = 2.0,
         read_timeout: float = 5.0,
@@ -154,6 +167,9 @@ class JwksCache:
                 _require_https_or_loopback(url)
         if not set(algorithms) <= ASYMMETRIC_ALGORITHMS:
             raise ValueError("a JWKS serves public keys: algorithms must be asymmetric")
+        if follow_discovery and issuer is None:
+            raise ValueError("follow_discovery needs issuer")
+        self._follow_discovery = follow_discovery
         self._discovery_issuer = issuer or ""
         self._jwks_url = jwks_url
         self._algorithms = frozenset(algorithms)
@@ -180,6 +196,11 @@ class JwksCache:
     def discovery(self) -> Mapping[str, Any] | None:
         """The issuer's discovery document once fetched (``None`` when built from a URL)."""
         return self._discovery
+
+    @property
+    def algorithms(self) -> frozenset[str]:
+        """The algorithms in use: the pinned ones, narrowed by discovery once it is read."""
+        return self._algorithms
 
     def signing_key(self, kid: str | None) -> SigningKey | None:
         """The key for ``kid`` (``None``: the set's only key), fetching when needed.
@@ -253,6 +274,8 @@ class JwksCache:
         jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str) or not _is_https_or_loopback(jwks_uri):
             raise UpstreamUnavailable(log_detail=f"discovery document at {url}: unusable jwks_uri")
+        if self._follow_discovery:
+            self._algorithms = _advertised_algorithms(document, self._algorithms, url)
         self._discovery = document
         self._jwks_url = jwks_uri
         return jwks_uri
@@ -283,6 +306,28 @@ class JwksCache:
         if not isinstance(document, dict):
             raise UpstreamUnavailable(log_detail=f"{what} {url} is not a JSON object")
         return document
+
+
+def _advertised_algorithms(
+    document: Mapping[str, Any], pinned: frozenset[str], url: str
+) -> frozenset[str]:
+    """``pinned`` narrowed to the id token algorithms ``document`` advertises."""
+    advertised = document.get("id_token_signing_alg_values_supported")
+    if advertised is None:
+        advertised = ["RS256"]
+    if not isinstance(advertised, list):
+        raise UpstreamUnavailable(
+            log_detail=f"discovery document at {url}: unusable id_token_signing_alg_values"
+        )
+    usable = pinned & {a for a in advertised if isinstance(a, str)}
+    if not usable:
+        raise UpstreamUnavailable(
+            log_detail=(
+                f"discovery document at {url} advertises no accepted id token algorithm "
+                f"({', '.join(sorted(pinned))})"
+            )
+        )
+    return usable
 
 
 @dataclass(frozen=True)
@@ -407,6 +452,9 @@ def verify_jwt(
     # Keys offered in the header (jwk, jku, x5u, x5c) are never read: the key comes from `keys`.
 
     signing_key = keys.signing_key(kid)
+    if alg not in keys.algorithms:
+        # Pinned for the policy but not among those the provider advertises.
+        raise InvalidToken("algorithm not allowed", log_detail=f"alg {alg} not advertised")
     if signing_key is None:
         raise InvalidToken("unknown signing key", log_detail=f"kid {_excerpt(kid)}")
     if alg not in signing_key.algorithms:
@@ -496,8 +544,9 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
 def _check_times(claims: Mapping[str, Any], policy: JwtPolicy, now: float) -> None:
     exp = _numeric_date(claims, "exp")
     if exp is None:
-        raise InvalidToken("missing required claim 'exp'", log_detail="token has no exp")
-    if exp <= now - policy.leeway:
+        if policy.require_exp:
+            raise InvalidToken("missing required claim 'exp'", log_detail="token has no exp")
+    elif exp <= now - policy.leeway:
         raise InvalidToken("token expired", log_detail=f"expired {now - exp:.0f}s ago")
     nbf = _numeric_date(claims, "nbf")
     if nbf is not None and nbf > now + policy.leeway:

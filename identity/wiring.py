@@ -4,7 +4,8 @@
 metadata files read, claim mappers, the store's location) and reports every problem at
 once with its YAML path; it never contacts an IdP or AWS. ``build_services`` runs the same
 ``verify`` and then opens the store and assembles the broker, so ``chime-broker check``
-refuses exactly the configs that start-up refuses.
+refuses exactly the configs that start-up refuses. A DynamoDB store's table is looked up at
+start-up (``check_store``, which ``chime-broker check`` also runs unless ``--offline``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from identity.broker import Broker
 from identity.chime import AppInstanceUsers, MessagingEndpoint
 from identity.config.document import BrokerConfig
 from identity.config.models import Problem
-from identity.errors import ConfigError
+from identity.errors import ConfigError, StoreError
 from identity.logins import BrowserLogins
 from identity.mapping import ClaimMapper, build_mappers
 from identity.providers.base import BuildContext, Endpoints
@@ -89,6 +90,34 @@ def verify(
     return Verified(providers, mappers)
 
 
+def _store_is_looked_up(config: BrokerConfig) -> bool:
+    # Only DynamoDB: its table is made by `store init`, not by the broker, so a missing
+    # one must stop start-up rather than fail the first request.
+    return config.store_scheme.lower() == "dynamodb"
+
+
+def open_configured_store(config: BrokerConfig) -> Store:
+    """The config's store, opened in ``aws.region``; a DynamoDB store's table is looked up.
+
+    Raises ``ConfigError`` when the table cannot be reached (missing, no access).
+    """
+    store = open_store(config.store, region=config.aws.region)
+    if _store_is_looked_up(config):
+        try:
+            store.ping()
+        except StoreError as e:
+            store.close()
+            raise ConfigError(config.report_problems([(("store",), str(e))])) from None
+    return store
+
+
+def check_store(config: BrokerConfig) -> None:
+    """Raise ``ConfigError`` if start-up would fail to reach the config's store where it
+    looks (a DynamoDB table); other stores are not touched."""
+    if _store_is_looked_up(config):
+        open_configured_store(config).close()
+
+
 def build_services(
     config: BrokerConfig,
     endpoints: Endpoints,
@@ -100,12 +129,13 @@ def build_services(
 ) -> Services:
     """Verify ``config``, open the store, and assemble the broker and its logins.
 
-    Raises ``ConfigError`` (from ``verify``) for a config that cannot serve.
+    Raises ``ConfigError`` (from ``verify``) for a config that cannot serve, or a
+    DynamoDB store whose table cannot be reached.
     """
     if store is None:
         if store_location_problem(config.store) is not None:
             verify(config, endpoints, clock=clock)  # raises, with every other problem too
-        store = open_store(config.store)
+        store = open_configured_store(config)
     verified = verify(config, endpoints, store=store, clock=clock)
     clients = (
         clients

@@ -12,7 +12,7 @@ from identity.aws import AwsClients
 from identity.config.document import BrokerConfig
 from identity.store import Store
 from identity.wiring import build_services
-from service import errors, logs, metrics, security
+from service import errors, logs, metrics, pages, security
 from service.blueprints import credentials, demo_page, health, login, saml, token
 from service.endpoints import Endpoints
 from service.logs import configure_logging
@@ -97,4 +97,5 @@ def create_app(
     app.register_blueprint(token.bp)
     app.register_blueprint(credentials.bp)
     app.register_blueprint(demo_page.bp)
+    app.register_blueprint(pages.bp)
     return app

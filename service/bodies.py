@@ -52,6 +52,8 @@ def parse_json_body(model: type[Body]) -> Body:
         data: Any = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidRequest("the body is not valid JSON") from e
+    except RecursionError as e:
+        raise InvalidRequest("the body is nested too deeply") from e
     if not isinstance(data, dict):
         raise InvalidRequest("the body must be a JSON object")
     try:

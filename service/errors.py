@@ -1,14 +1,16 @@
-"""The one mapping from failures to ``application/problem+json`` responses."""
+"""The one mapping from failures to ``application/problem+json`` responses (for a person's
+browser on a sign-in route, to the page of ``service.pages``)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from flask import Flask, Response, g, json
+from flask import Flask, Response, g, json, request
 from werkzeug.exceptions import HTTPException
 
 from identity import errors
+from service import pages
 
 log = logging.getLogger("chime_broker.errors")
 
@@ -39,8 +41,24 @@ def problem_body(error: errors.BrokerError) -> dict[str, Any]:
     }
 
 
+# The AWS SDKs' container-credentials clients read ``Code`` and ``Message`` of an error.
+_CONTAINER_ROUTE = "credentials.container"
+
+
 def problem_response(error: errors.BrokerError) -> Response:
-    response = Response(json.dumps(problem_body(error)), status=error.status, mimetype=PROBLEM_JSON)
+    """The problem document; a page instead for a person's browser on a sign-in route
+    (``service.pages``)."""
+    body = problem_body(error)
+    if pages.wants_page():
+        response = pages.problem_page(error, body["detail"])
+    else:
+        rule = request.url_rule
+        if rule is not None and rule.endpoint == _CONTAINER_ROUTE:
+            body["Code"] = error.code
+            body["Message"] = body["detail"]
+        response = Response(json.dumps(body), status=error.status, mimetype=PROBLEM_JSON)
+    if request.url_rule is not None and request.url_rule.endpoint in pages.SIGN_IN_ROUTES:
+        response.vary.add("Accept")
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(error.retry_after)
     if error.status == 401:

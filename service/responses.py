@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Response, jsonify
 
+from identity.config.document import BrokerConfig
 from identity.models import Grant
 
 
@@ -40,6 +41,25 @@ def credentials_body(grant: Grant) -> dict[str, Any]:
             "expires_at": rfc3339(grant.session_expires_at),
         }
     return body
+
+
+def credentials_account(config: BrokerConfig, grant: Grant) -> str:
+    """The AWS account the credentials act in: that of the role vended into (the
+    provider's ``role_arn``/``custom_role_arn``, else the exchange's default role), else
+    that of the app instance."""
+    provider = config.provider(grant.provider)
+    aws = config.aws
+    candidates = [
+        provider.role_arn if provider is not None else None,
+        provider.custom_role_arn if provider is not None else None,
+    ]
+    if provider is not None and provider.exchange == "sts" and aws.sts is not None:
+        candidates.append(aws.sts.role_arn)
+    if provider is not None and provider.exchange != "sts" and aws.cognito is not None:
+        candidates.append(aws.cognito.role_arn)
+    role_arn = next((arn for arn in candidates if arn), None)
+    # arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE
+    return (role_arn or grant.app_instance_arn).split(":")[4]
 
 
 def credentials_response(grant: Grant, status: int = 200) -> Response:

@@ -9,8 +9,10 @@ import pytest
 pytest_plugins = [
     "tests.fixtures.redis_server",
     "tests.fixtures.moto_server",
+    "tests.fixtures.dynamodb",
     "tests.fixtures.pool_proxy",
     "tests.fixtures.oidc_provider",
+    "tests.fixtures.certified_op",
     "tests.fixtures.saml_idp",
     "tests.fixtures.apps",
     "tests.fixtures.live_server",

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from identity.config.aws_secrets import aws_document_resolvers
 from identity.config.models import (
     AwsConfig,
     ChimeConfig,
@@ -249,9 +250,18 @@ def _validate(raw: Any, report: Report) -> BrokerConfig:
     return config
 
 
-def default_references(env: Mapping[str, str] | None = None) -> References:
-    """``${env:NAME}`` from ``env`` (default ``os.environ``)."""
-    return References({"env": env_resolver(os.environ if env is None else env)})
+def default_references(
+    env: Mapping[str, str] | None = None, *, placeholders: bool = False
+) -> References:
+    """The references every load of a config accepts: ``${env:NAME}`` from ``env``
+    (default ``os.environ``), ``${ssm:…}`` and ``${secretsmanager:…}``; with
+    ``placeholders`` (``check --offline``) unresolved ones stand in as placeholders and
+    nothing is read from AWS."""
+    return References(
+        {"env": env_resolver(os.environ if env is None else env)},
+        placeholders=placeholders,
+        document_resolvers=aws_document_resolvers(),
+    )
 
 
 def build_config(
@@ -266,8 +276,9 @@ def build_config(
     Raises ``ConfigError`` listing every problem with its key path.
     """
     report = Report(source)
-    preparer = Preparer(report, references or default_references(env))
-    raw = preparer.prepare(dict(data) if isinstance(data, Mapping) else data)
+    document = dict(data) if isinstance(data, Mapping) else data
+    preparer = Preparer(report, (references or default_references(env)).bind(document))
+    raw = preparer.prepare(document)
     return _validate(raw, report)
 
 
@@ -285,7 +296,7 @@ def parse_config(
     """
     document = read_yaml(text, source)
     report = Report(source)
-    preparer = Preparer(report, references or default_references(env))
+    preparer = Preparer(report, (references or default_references(env)).bind(document))
     raw = preparer.prepare(document)
     return _validate(raw, report)
 

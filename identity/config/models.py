@@ -398,6 +398,26 @@ class ProviderBase(Frozen):
         """The rules of one kind; kinds override this."""
         return []
 
+    def warnings(self) -> list[Problem]:
+        """What works but is likely not what was meant (``chime-broker check`` prints it;
+        nothing refuses it); kinds override this."""
+        return []
+
+    def template_claims(self) -> list[tuple[Path, str]]:
+        """Every claim ``map`` reads (templates and ``require``), with its key path; the
+        first segment of a dotted path (``address.country`` reads ``address``)."""
+        read: list[tuple[Path, str]] = []
+        templates: list[tuple[Path, Template | None]] = [
+            (("map", "user_id"), self.user_id_template),
+            (("map", "display_name"), self.display_name_template),
+            *((("map", "tags", key), t) for key, t in self.tag_templates.items()),
+        ]
+        for where, template in templates:
+            if template is not None:
+                read += [(where, claim.split(".", 1)[0]) for claim in template.fields]
+        read += [(("map", "require", claim), claim.split(".", 1)[0]) for claim in self.map.require]
+        return read
+
     def _random_problems(self) -> list[Problem]:
         templates: list[tuple[Path, Template | None]] = [
             (("map", "user_id"), self.user_id_template),

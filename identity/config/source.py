@@ -1,10 +1,14 @@
 """Reading the YAML: a safe loader that remembers the line of every key and item, and the
 ``${scheme:reference}`` interpolation, with one resolver per scheme.
 
-``${env:NAME}`` is always available; other schemes (for secrets kept by AWS) plug in as
-``Resolver``s. ``$${`` is a literal ``${``. A reference that cannot be resolved is a
-problem of the key that holds it, reported with every other problem; with
-``placeholders=True`` (``check --offline``) it stands in as a placeholder instead.
+Schemes: ``${env:NAME}`` (an environment variable), ``${ssm:/PATH/NAME}`` (an SSM
+parameter, decrypted) and ``${secretsmanager:NAME-OR-ARN[#KEY]}`` (a secret, or one key of
+its JSON object); ``identity.config.aws_secrets`` reads the last two, once per load. Each
+scheme is a ``Resolver``; one that needs a setting of the document itself (the AWS region)
+is a ``DocumentResolver``, built when the document has been parsed. ``$${`` is a literal
+``${``. A reference that cannot be resolved is a problem of the key that holds it,
+reported with every other problem; with ``placeholders=True`` (``check --offline``) it
+stands in as a placeholder instead (and nothing is read from AWS).
 """
 
 from __future__ import annotations
@@ -31,7 +35,27 @@ class Unresolved(Exception):
 Resolver = Callable[[str], str]
 """Takes what follows ``scheme:`` and returns the value, or raises ``Unresolved``."""
 
+DocumentResolver = Callable[[Any, "References"], Resolver]
+"""Builds a scheme's ``Resolver`` from the parsed document (before validation) and the
+references it is part of (their ``env`` and ``placeholders``)."""
+
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SSM_NAME: Final = re.compile(r"/?[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*")
+_SM_NAME: Final = r"[A-Za-z0-9/_+=.@\-]{1,512}"
+_SECRET_ID: Final = re.compile(
+    rf"(?:{_SM_NAME}|arn:aws(?:-[a-z]+)*:secretsmanager:[a-z0-9\-]+:\d{{12}}:secret:"
+    rf"{_SM_NAME})(?:#[^#\s]+)?"
+)
+_ARGUMENTS: Final = {"env": _ENV_NAME, "ssm": _SSM_NAME, "secretsmanager": _SECRET_ID}
+_FORMS: Final = {
+    "env": ("${env:NAME}", "letters, digits and _"),
+    "ssm": ("${ssm:/PATH/NAME}", "letters, digits and _.-, with / between path parts"),
+    "secretsmanager": (
+        "${secretsmanager:NAME-OR-ARN[#KEY]}",
+        "a name of letters, digits and /_+=.@- or a secret's ARN, then an optional #KEY",
+    ),
+}
+_MAX_ARGUMENT: Final = 2048
 
 
 def env_resolver(env: Mapping[str, str]) -> Resolver:
@@ -52,17 +76,36 @@ class References:
 
     resolvers: Mapping[str, Resolver] = field(default_factory=dict)
     placeholders: bool = False
+    document_resolvers: Mapping[str, DocumentResolver] = field(default_factory=dict)
 
-    def syntax_help(self) -> str:
-        schemes = sorted(self.resolvers)
-        forms = " or ".join(
-            "${env:NAME}" if scheme == "env" else f"${{{scheme}:…}}" for scheme in schemes
-        )
-        return f"write {forms} (or $${{ for a literal ${{)"
+    @property
+    def schemes(self) -> list[str]:
+        return [*self.resolvers, *(s for s in self.document_resolvers if s not in self.resolvers)]
+
+    def bind(self, document: Any) -> References:
+        """These references for ``document``: each ``DocumentResolver`` is built now."""
+        if not self.document_resolvers:
+            return self
+        resolvers = dict(self.resolvers)
+        for scheme, build in self.document_resolvers.items():
+            resolvers[scheme] = build(document, self)
+        return References(resolvers, self.placeholders)
+
+    def syntax_help(self, scheme: str | None = None) -> str:
+        """How to write a reference: of ``scheme`` (with its rule), or of any scheme."""
+        if scheme in _FORMS:
+            form, rule = _FORMS[scheme]
+            return f"write {form} ({rule})"
+        forms = [_FORMS[s][0] if s in _FORMS else f"${{{s}:…}}" for s in self.schemes]
+        listed = f"{', '.join(forms[:-1])} or {forms[-1]}" if len(forms) > 1 else "".join(forms)
+        return f"write {listed} (or $${{ for a literal ${{)"
 
     def valid_argument(self, scheme: str, argument: str) -> bool:
-        if scheme == "env":
-            return _ENV_NAME.fullmatch(argument) is not None
+        if len(argument) > _MAX_ARGUMENT:
+            return False
+        rule = _ARGUMENTS.get(scheme)
+        if rule is not None:
+            return rule.fullmatch(argument) is not None
         return bool(argument) and not any(ch.isspace() for ch in argument)
 
 
@@ -213,9 +256,8 @@ class Preparer:
             scheme, _, argument = (match[1] or "").partition(":")
             resolver = references.resolvers.get(scheme) if match[1] is not None else None
             if resolver is None or not references.valid_argument(scheme, argument):
-                self.report.add_unresolved(
-                    path, f"{whole!r} is not a reference: {references.syntax_help()}"
-                )
+                how = references.syntax_help(scheme if resolver is not None else None)
+                self.report.add_unresolved(path, f"{whole!r} is not a reference: {how}")
                 return whole
             self.report.interpolated.add(path)
             try:

@@ -60,11 +60,13 @@ class TokenProvider(Protocol):
 class RedirectLogin:
     """What a finished browser login proved: the principal, the refresh token the provider
     gave (``None`` when it gave none) and the URL that signs the user out at the provider
-    (``None`` when it has no logout endpoint)."""
+    (``None`` when it has no logout endpoint). ``refresh_token_missing``: one was asked for
+    (``offline_access``) and none came, so the session cannot be re-checked."""
 
     principal: Principal
     refresh_token: str | None = field(default=None, repr=False)
     end_session_url: str | None = field(default=None, repr=False)
+    refresh_token_missing: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ One ``CodeFlowProvider`` per provider entry that can sign a browser in: ``oidc``
 
 Every login uses PKCE S256 and ``state``; kinds with an id token also ``nonce``, and the id
 token goes through the same ``verify_jwt()`` as the mobile path (``IdTokenProvider``).
+For ``oidc`` the claims at the userinfo endpoint are merged in (``userinfo``).
 Facebook and Login with Amazon answer with an access token, which is inspected exactly as
 a mobile app's would be. The authorization response's ``iss`` (RFC 9207) must name the
 provider's issuer whenever it is present, and must be present when the provider says it
@@ -41,6 +42,7 @@ from identity.http import no_answer
 from identity.models import Principal
 from identity.providers.base import RedirectLogin, Refreshed, TokenProvider
 from identity.providers.id_token import IdTokenProvider
+from identity.providers.userinfo import UserinfoClaims
 
 log = logging.getLogger("chime_broker.redirect")
 
@@ -77,6 +79,7 @@ class AuthorizationServer:
     sends_iss: bool = False
     end_session_endpoint: str | None = None
     token_auth_method: str = "client_secret_post"  # noqa: S105 (a method name)
+    userinfo_endpoint: str | None = None
 
 
 class Verification(Protocol):
@@ -177,6 +180,9 @@ class OidcDiscovery:
         end_session = document.get("end_session_endpoint")
         if not (isinstance(end_session, str) and _is_https_or_loopback(end_session)):
             end_session = None
+        userinfo = document.get("userinfo_endpoint")
+        if not (isinstance(userinfo, str) and _is_https_or_loopback(userinfo)):
+            userinfo = None
         methods = document.get("token_endpoint_auth_methods_supported")
         # OIDC Discovery: client_secret_basic when the provider does not say.
         basic = not isinstance(methods, list) or "client_secret_basic" in methods
@@ -187,6 +193,7 @@ class OidcDiscovery:
             sends_iss=document.get("authorization_response_iss_parameter_supported") is True,
             end_session_endpoint=end_session,
             token_auth_method="client_secret_basic" if basic else "client_secret_post",
+            userinfo_endpoint=userinfo,
         )
 
 
@@ -248,8 +255,12 @@ class CodeFlowProvider:
 
     ``server`` resolves the endpoints (discovery or configuration), ``client_secret``
     gives the secret for each token request (``None``: a public client), ``verification``
-    turns the token answer into a principal. Safe to call from many threads: every call
-    uses its own ``OAuth2Session``.
+    turns the token answer into a principal; ``post_logout_redirect_uri`` (the app's
+    ``default_return_to``) is where the provider's logout sends the person back;
+    ``userinfo`` (when set and the server has a userinfo endpoint) adds the claims found
+    there; ``offline``: the scopes ask for a refresh token, so a login without one is
+    logged and marked. Safe to call from many threads: every call uses its own
+    ``OAuth2Session``.
     """
 
     def __init__(
@@ -263,9 +274,13 @@ class CodeFlowProvider:
         server: ServerSource,
         verification: Verification,
         extra_authorize_params: Mapping[str, str] | None = None,
+        post_logout_redirect_uri: str | None = None,
+        offline: bool = False,
+        userinfo: UserinfoClaims | None = None,
         connect_timeout: float = 2.0,
         read_timeout: float = 5.0,
     ) -> None:
+        self._post_logout_redirect_uri = post_logout_redirect_uri
         self._name = name
         self.kind = kind
         self.client_id = client_id
@@ -274,6 +289,8 @@ class CodeFlowProvider:
         self._server = server
         self._verification = verification
         self._extra = dict(extra_authorize_params or {})
+        self._offline = offline
+        self._userinfo = userinfo
         self._timeouts = (connect_timeout, read_timeout)
 
     def __repr__(self) -> str:
@@ -331,11 +348,26 @@ class CodeFlowProvider:
             redirect_uri=redirect_uri,
         )
         principal = self._verification.login(token, nonce=nonce)
+        access_token = token.get("access_token")
+        if self._userinfo is not None and server.userinfo_endpoint and access_token:
+            principal = self._userinfo.merged(
+                principal, server.userinfo_endpoint, str(access_token)
+            )
         refresh_token = token.get("refresh_token")
+        if not (isinstance(refresh_token, str) and refresh_token):
+            refresh_token = None
+        missing = self._offline and refresh_token is None
+        if missing:
+            log.warning(
+                "no refresh token although offline access was asked for; "
+                "the session cannot be re-checked",
+                extra={"fields": {"provider": self._name}},
+            )
         return RedirectLogin(
             principal=principal,
-            refresh_token=refresh_token if isinstance(refresh_token, str) else None,
+            refresh_token=refresh_token,
             end_session_url=self._end_session_url(server, token),
+            refresh_token_missing=missing,
         )
 
     def refresh(self, refresh_token: str) -> Refreshed:
@@ -425,6 +457,9 @@ class CodeFlowProvider:
         id_token = token.get("id_token")
         if isinstance(id_token, str) and id_token:
             params["id_token_hint"] = id_token
+        if self._post_logout_redirect_uri is not None:
+            # Back to the app after signing out at the provider (RP-Initiated Logout 1.0).
+            params["post_logout_redirect_uri"] = self._post_logout_redirect_uri
         separator = "&" if urlsplit(server.end_session_endpoint).query else "?"
         return server.end_session_endpoint + separator + urlencode(params)
 

@@ -2,7 +2,10 @@
 
 Mobile id tokens for any of ``client_ids`` are verified locally against Google's keys;
 ``iss`` is accepted with or without its scheme. The browser login (when ``client_secret``
-is set) is the code flow at Google's endpoints, for the first of ``client_ids``.
+is set) is the code flow at Google's endpoints, for the first of ``client_ids``; with
+``offline_access`` in ``scopes`` it asks for a refresh token the way Google wants it,
+``access_type=offline`` with ``prompt=consent`` (Google refuses the ``offline_access``
+scope itself).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pydantic import Field, SecretStr
 
 from identity.config.models import ProviderBase
 from identity.config.report import Path
-from identity.config.types import NonEmptyStr, SecureUrl
+from identity.config.types import NonEmptyStr, Scopes, SecureUrl
 from identity.providers.base import BuildContext, Built, ProviderKind
 from identity.providers.code_flow import (
     AuthorizationServer,
@@ -35,6 +38,7 @@ class GoogleConfig(ProviderBase):
     kind: Literal["google"]
     client_ids: tuple[NonEmptyStr, ...] = Field(min_length=1)
     client_secret: SecretStr | None = None
+    scopes: Scopes = ("openid", "email", "profile")
     issuer: SecureUrl = "https://accounts.google.com"
     jwks_url: SecureUrl = "https://www.googleapis.com/oauth2/v3/certs"
     authorize_url: SecureUrl = "https://accounts.google.com/o/oauth2/v2/auth"
@@ -72,16 +76,19 @@ def build(entry: GoogleConfig, context: BuildContext) -> Built:
     if entry.client_secret is None:
         return Built(token=token)
     client_id = entry.client_ids[0]
+    offline = "offline_access" in entry.scopes
     redirect = CodeFlowProvider(
         name=entry.name,
         kind=entry.kind,
         client_id=client_id,
         client_secret=static_secret(entry.client_secret),
-        scopes=("openid", "email", "profile"),
+        scopes=tuple(s for s in entry.scopes if s != "offline_access"),
         server=fixed(
             AuthorizationServer(entry.authorize_url, entry.token_url, google_issuers(entry.issuer))
         ),
         verification=id_token_verifier(token, client_id),
+        extra_authorize_params={"access_type": "offline", "prompt": "consent"} if offline else None,
+        offline=offline,
         connect_timeout=timeouts.connect,
         read_timeout=timeouts.read,
     )

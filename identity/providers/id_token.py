@@ -84,9 +84,13 @@ class IdTokenProvider:
     def kind(self) -> str:
         return self._kind
 
+    def now(self) -> float | None:
+        """The injected clock's time (``None``: the wall clock)."""
+        return self._clock() if self._clock is not None else None
+
     def verify_id_token(self, id_token: str, *, nonce: str | None) -> Principal:
         """Verify ``id_token`` with this provider's policy and return its principal."""
-        now = self._clock() if self._clock is not None else None
+        now = self.now()
         claims = verify_jwt(id_token, policy=self.policy, keys=self.keys, nonce=nonce, now=now)
         if self._claims_hook is not None:
             claims = self._claims_hook(claims)

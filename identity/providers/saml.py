@@ -41,9 +41,6 @@ from typing import Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from lxml import etree
 from onelogin.saml2.auth import OneLogin_Saml2_Auth
 from onelogin.saml2.constants import OneLogin_Saml2_Constants as Saml2
@@ -73,6 +70,13 @@ from identity.providers.saml_metadata import (
     MetadataSource,
     UrlMetadataSource,
     parse_idp_metadata,
+)
+from identity.providers.saml_sp import (
+    DEFAULT_NAME_ID_FORMAT,
+    NAME_ID_FORMATS,
+    SP_METADATA_CACHE_SECONDS,
+    NameIdFormat,
+    check_sp_key_pair,
 )
 from identity.store import Store
 
@@ -232,6 +236,7 @@ class SamlServiceProvider:
         allow_idp_initiated: bool = False,
         sp_key: str | None = None,
         sp_cert: str | None = None,
+        name_id_format: str = NAME_ID_FORMATS[DEFAULT_NAME_ID_FORMAT],
         refresh_interval: float = 6 * 3600.0,
         retry_interval: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
@@ -239,7 +244,7 @@ class SamlServiceProvider:
         if (sp_key is None) != (sp_cert is None):
             raise ProviderProblem(("sp_key",), "sp_key and sp_cert go together")
         if sp_key is not None and sp_cert is not None:
-            _check_key_pair(sp_key, sp_cert)
+            check_sp_key_pair(sp_key, sp_cert)
         self._name = name
         self.entity_id = sp_entity_id
         self.acs_url = acs_url
@@ -249,6 +254,7 @@ class SamlServiceProvider:
         self._leeway = leeway
         self._sp_key = sp_key
         self._sp_cert = sp_cert
+        self._name_id_format = name_id_format
         self._clock = clock
         self._sp_settings = self._settings(None)
         self._sp_metadata_lock = threading.Lock()
@@ -473,9 +479,10 @@ class SamlServiceProvider:
     # ------------------------------------------------------------------ SP metadata
 
     def metadata(self) -> str:
-        """The SP metadata XML (entity id, ACS URL, signing certificate when the SP has a
-        key; then also signed), checked with python3-saml's ``validate_metadata``. It is
-        valid for two days and rebuilt every hour."""
+        """The SP metadata XML (entity id, ACS URL, NameID format, signing certificate
+        when the SP has a key; then also signed), checked with python3-saml's
+        ``validate_metadata``. It is valid for two days (``validUntil``), may be cached for
+        one (``cacheDuration``) and is rebuilt every hour."""
         with self._sp_metadata_lock:
             cached = self._sp_metadata
             if cached is not None and self._clock() - cached[1] < SP_METADATA_TTL:
@@ -516,13 +523,14 @@ class SamlServiceProvider:
                     "url": self.acs_url,
                     "binding": Saml2.BINDING_HTTP_POST,
                 },
-                "NameIDFormat": Saml2.NAMEID_UNSPECIFIED,
+                "NameIDFormat": self._name_id_format,
                 "x509cert": self._sp_cert or "",
                 "privateKey": self._sp_key or "",
             },
             "security": {
                 "authnRequestsSigned": signing,
                 "signMetadata": signing,
+                "metadataCacheDuration": SP_METADATA_CACHE_SECONDS,
                 "logoutRequestSigned": False,
                 "logoutResponseSigned": False,
                 "wantMessagesSigned": False,
@@ -696,23 +704,6 @@ def _excerpt(value: object, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _check_key_pair(key_pem: str, cert_pem: str) -> None:
-    try:
-        key = serialization.load_pem_private_key(key_pem.encode("utf-8"), password=None)
-    except (ValueError, TypeError):
-        raise ProviderProblem(("sp_key",), "not an unencrypted PEM private key") from None
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem.encode("utf-8"))
-    except ValueError:
-        raise ProviderProblem(("sp_cert",), "not a PEM X.509 certificate") from None
-    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
-        raise ProviderProblem(("sp_key",), "must be an RSA key of at least 2048 bits")
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if cert.public_key().public_bytes(der, spki) != key.public_key().public_bytes(der, spki):
-        raise ProviderProblem(("sp_cert",), "does not belong to sp_key")
-
-
 # ---------------------------------------------------------------------- config, building
 
 
@@ -731,6 +722,7 @@ class SamlConfig(ProviderBase):
     sp_key: SecretStr | None = None
     sp_cert: NonEmptyStr | None = None
     allow_idp_initiated: bool = False
+    name_id_format: NameIdFormat = DEFAULT_NAME_ID_FORMAT
 
     def endpoint_urls(self) -> list[tuple[Path, str]]:
         return self.urls("idp_metadata_url")
@@ -786,6 +778,7 @@ def build_saml(
         allow_idp_initiated=entry.allow_idp_initiated,
         sp_key=entry.sp_key.get_secret_value() if entry.sp_key is not None else None,
         sp_cert=entry.sp_cert,
+        name_id_format=NAME_ID_FORMATS[entry.name_id_format],
     )
     if entry.idp_metadata_file is not None and not sp.metadata_cache.refresh():
         raise ProviderProblem(("idp_metadata_file",), sp.metadata_cache.last_error or "unusable")

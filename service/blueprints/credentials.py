@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, jsonify
 
-from service.responses import credentials_response, rfc3339
+from service.responses import credentials_account, credentials_response, rfc3339
 from service.runtime import runtime
 from service.sessions import clear_session_cookie, container_token, session_token
 
@@ -25,6 +25,7 @@ def container() -> Response:
         AccessKeyId=creds.access_key_id,
         SecretAccessKey=creds.secret_access_key,
         Token=creds.session_token,
+        AccountId=credentials_account(runtime().config, grant),
         Expiration=rfc3339(creds.expiration),
     )
     response.headers["Cache-Control"] = "no-store"

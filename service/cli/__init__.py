@@ -1,6 +1,6 @@
 """The ``chime-broker`` command: ``main()`` assembles one parser from the subcommand modules
-(check, serve, policies, demo, plan, apply, explain, ...), each of which registers its arguments
-and its function.
+(check, serve, policies, demo, plan, apply, explain, store, ...), each of which registers its
+arguments and its function.
 
 Importing the command stays light: ``serve`` configures multi-process metrics before
 prometheus_client is imported, so subcommands import the broker inside their functions.
@@ -21,8 +21,20 @@ from service.cli.policies import add_policies_parser
 from service.cli.pool import add_pool_parsers
 from service.cli.serve import add_serve_parser
 from service.cli.sessions import add_sessions_parser
+from service.cli.store import add_store_parser
+from service.cli.template import add_template_parser
 
 __all__ = ["app_from_environment", "build_parser", "main"]
+
+
+def package_version() -> str:
+    """The installed package's version (``setup.cfg``), or ``unknown`` outside an install."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chime-identity-broker")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Chime Identity Broker: identity provider logins to Chime app instance "
         "user credentials.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_check_parser(subparsers)
     add_serve_parser(subparsers)
@@ -41,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_explain_parser(subparsers)
     add_login_parser(subparsers)
     add_credential_process_parser(subparsers)
+    add_template_parser(subparsers)
+    add_store_parser(subparsers)
     return parser
 
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 
+from identity.config.report import format_path
 from service.cli.config_file import load_or_exit
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config, offline=args.offline)
+    config = load_or_exit(args.config, offline=args.offline, reach_store=not args.offline)
     print(f"{args.config}: ok")
     print(config.summary())
+    for index, provider in enumerate(config.providers):
+        for where, message in provider.warnings():
+            path = format_path(("providers", index, *where))
+            print(f"warning: {path} ({provider.name}): {message}")
     if config.placeholders:
         print(
             "offline: not resolved, and not checked beyond their syntax: "
@@ -25,8 +30,9 @@ def add_check_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         "check",
         help="validate a config file and print a summary",
         description="Validate a config file and build everything that serve builds from it "
-        "(providers, keys, metadata files, the store's location) without contacting an IdP "
-        "or AWS. Every problem is listed with its YAML path and line; exit 1 if any.",
+        "(providers, keys, metadata files, the store's location) without contacting an IdP; "
+        "a DynamoDB store's table is looked up unless --offline, which contacts no AWS. "
+        "Every problem is listed with its YAML path and line; exit 1 if any.",
         epilog="example: chime-broker check --config /etc/chime-broker/broker.yaml\n"
         "         chime-broker check --offline --config broker.yaml   # in CI, without secrets",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -18,31 +18,40 @@ if TYPE_CHECKING:
 CONFIG_ENV = "BROKER_CONFIG"
 
 
-def exit_with_report(source: str, error: ConfigError) -> NoReturn:
-    """Print ``error``'s problems on stderr, one per line, and exit with status 1."""
+def print_report(source: str, error: ConfigError) -> None:
+    """Print ``error``'s problems on stderr, one per line."""
     print(f"{source}: {len(error.problems)} problem(s)", file=sys.stderr)
     for problem in error.problems:
         print(f"  {problem}", file=sys.stderr)
+
+
+def exit_with_report(source: str, error: ConfigError) -> NoReturn:
+    """Print ``error``'s problems on stderr, one per line, and exit with status 1."""
+    print_report(source, error)
     raise SystemExit(1)
 
 
-def load_or_exit(path: str, *, offline: bool = False) -> BrokerConfig:
+def load_or_exit(path: str, *, offline: bool = False, reach_store: bool = False) -> BrokerConfig:
     """The config at ``path``, validated, with every provider and the store's location
-    checked as start-up builds them (``identity.wiring.verify``); no IdP or AWS is
-    contacted. Problems are reported on stderr and the process exits with status 1.
+    checked as start-up builds them (``identity.wiring.verify``); no IdP is contacted, and
+    AWS only to read ``${ssm:…}`` and ``${secretsmanager:…}`` references (never ``offline``)
+    and with ``reach_store``. Problems are reported on stderr and the process exits
+    with status 1.
 
     ``offline``: references that cannot be resolved here (a secret that only production
-    has) stand in as placeholders, and nothing that depends on their value is checked."""
-    from identity.config.document import load_config
-    from identity.config.source import References, env_resolver
+    has) stand in as placeholders, and nothing that depends on their value is checked.
+    ``reach_store``: also look up the store where start-up does (a DynamoDB table)."""
+    from identity.config.document import default_references, load_config
     from identity.errors import ConfigError
-    from identity.wiring import verify
+    from identity.wiring import check_store, verify
     from service.endpoints import Endpoints
 
-    references = References({"env": env_resolver(os.environ)}, placeholders=offline)
+    references = default_references(placeholders=offline)
     try:
         config = load_config(path, references=references)
         verify(config, Endpoints(config.service.public_url))
+        if reach_store:
+            check_store(config)
     except ConfigError as e:
         exit_with_report(path, e)
     return config
@@ -50,16 +59,29 @@ def load_or_exit(path: str, *, offline: bool = False) -> BrokerConfig:
 
 def app_from_environment() -> Flask:
     """The WSGI app for the config file named by ``BROKER_CONFIG``; a config that cannot
-    serve is reported on stderr and the process exits with status 1."""
+    serve is reported on stderr and the process exits with status 1. On AWS Lambda the
+    store must be one that every instance shares, and the problems are also the message of
+    the ``LambdaStartupError`` raised, which Lambda reports as the function's init error."""
     from identity.config.document import load_config
     from identity.errors import ConfigError
     from service.app import create_app
+    from service.lambda_handler import LambdaStartupError, lambda_config_problems, on_lambda
 
     path = os.environ.get(CONFIG_ENV)
     if not path:
-        print(f"{CONFIG_ENV} must name the broker's YAML config file", file=sys.stderr)
+        message = f"{CONFIG_ENV} must name the broker's YAML config file"
+        print(message, file=sys.stderr)
+        if on_lambda(os.environ):
+            raise LambdaStartupError(message)
         raise SystemExit(1)
     try:
-        return create_app(load_config(path))
+        config = load_config(path)
+        problems = lambda_config_problems(config, os.environ)
+        if problems:
+            raise ConfigError(problems)
+        return create_app(config)
     except ConfigError as e:
-        exit_with_report(path, e)
+        if not on_lambda(os.environ):
+            exit_with_report(path, e)
+        print_report(path, e)
+        raise LambdaStartupError("\n".join(e.problems)) from None

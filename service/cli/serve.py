@@ -13,7 +13,7 @@ from service.cli.loopback import is_loopback_host
 
 def _refusal(args: argparse.Namespace) -> int:
     """0 when the config can serve as asked; else report why and return the exit status."""
-    config = load_or_exit(args.config)
+    config = load_or_exit(args.config, reach_store=True)
     host = args.bind.rsplit(":", 1)[0]
     if config.is_demo and not is_loopback_host(host):
         print("mode: demo binds loopback addresses only", file=sys.stderr)

@@ -124,12 +124,19 @@ class SpaServer:
 
     def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         request = Request(environ)
-        files = {"/": "index.html", "/static/app.js": "app.js", "/static/style.css": "style.css"}
-        name = files.get(request.path)
-        if name is None:
+        static = resources.files("service.demo").joinpath("static")
+        files = {
+            "/": static.joinpath("index.html"),
+            "/static/app.js": static.joinpath("app.js"),
+            "/static/style.css": static.joinpath("style.css"),
+            "/pages/style.css": resources.files("service").joinpath("page.css"),
+        }
+        found = files.get(request.path)
+        if found is None:
             response = Response("not found", status=404, mimetype="text/plain")
         else:
-            body = resources.files("service.demo").joinpath("static").joinpath(name).read_text()
+            name = found.name
+            body = found.read_text()
             if name == "index.html":
                 blank = '<meta name="broker-url" content="">'
                 assert body.count(blank) == 1

@@ -142,7 +142,7 @@ def test_the_full_login_credentials_refresh_logout_journey_on_the_demo_page(
     demo_page.signed_in_as("Ada Lovelace")
     assert demo_page.tab.url == page_url
     assert demo_page.text("user-id") == "corp-ada"
-    assert demo_page.text("provider") == "corp"
+    assert demo_page.text("provider") == "Example Corp"
     assert demo_page.text("user-arn") == f"{aws.app_instance_arn}/user/corp-ada"
     assert demo_page.text("region") == aws.region
 

@@ -108,7 +108,7 @@ def test_a_person_signs_in_through_the_saml_idp_and_sees_their_chime_user(
     assert any(url.startswith(world.idp.sso_url + "?") for url in demo_page.navigations)
     arn = f"{aws.app_instance_arn}/user/{ADA_USER_ID}"
     assert demo_page.text("user-id") == ADA_USER_ID
-    assert demo_page.text("provider") == "corp"
+    assert demo_page.text("provider") == "Corp SSO"
     assert demo_page.text("user-arn") == arn
     assert demo_page.text("region") == aws.region
     assert demo_page.text("access-key-id").startswith("ASIA")

@@ -108,16 +108,19 @@ BrokerClient = Callable[..., FlaskClient]
 
 @pytest.fixture
 def broker_client(make_app: MakeApp) -> BrokerClient:
-    """``broker_client(providers, *, session_lifetime="8h", token_duration=TOKEN_DURATION)``:
-    a test client of a broker with ``providers`` (``token_duration=None``: Cognito's own)."""
+    """``broker_client(providers, *, session_lifetime="8h", token_duration=TOKEN_DURATION,
+    cache_credentials=True)``: a test client of a broker with ``providers``
+    (``token_duration=None``: Cognito's own)."""
 
     def client(
         providers: list[dict[str, Any]],
         *,
         session_lifetime: str = "8h",
         token_duration: int | None = TOKEN_DURATION,
+        cache_credentials: bool = True,
     ) -> FlaskClient:
         return make_app(
+            service__cache_credentials=cache_credentials,
             aws__sts__duration_seconds=STS_DURATION,
             aws__cognito__token_duration=REMOVE if token_duration is None else token_duration,
             chime__user_tag=USER_TAG,
@@ -345,7 +348,10 @@ def test_a_user_id_outside_the_session_name_alphabet_gets_a_stable_derived_name(
     facebook_api: FacebookApi,
     broker_client: BrokerClient,
 ) -> None:
-    client = broker_client(provider_entries("sts", oidc_provider, facebook_api))
+    # Without the credential cache, so that the second login vends again.
+    client = broker_client(
+        provider_entries("sts", oidc_provider, facebook_api), cache_credentials=False
+    )
     user_id = "corp-ada:lovelace"
     digest = hashlib.sha256(user_id.encode()).hexdigest()[:16]
 

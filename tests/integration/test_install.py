@@ -4,6 +4,7 @@ wheel declares, and ``demo`` without moto must say what to install."""
 
 from __future__ import annotations
 
+import configparser
 import os
 import subprocess
 import sys
@@ -96,3 +97,32 @@ def test_installed_demo_without_moto_says_what_to_install(
     assert result.returncode == 1, result.stderr
     assert "pip install 'chime-identity-broker[demo]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+_READ_PAGE_CSS = (
+    "from importlib import resources; "
+    "print(resources.files('service').joinpath('page.css').read_text()[:200])"
+)
+
+
+def test_the_installed_wheel_has_its_version_and_the_pages_stylesheet(
+    installed: Installed, tmp_path: Path
+) -> None:
+    def run(*command: str) -> str:
+        done = subprocess.run(
+            list(command),
+            cwd=tmp_path,
+            env=_clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    printed = run(str(installed.cli), "--version")
+    assert printed.strip() == f"chime-broker {setup['metadata']['version']}"
+    stylesheet = run(str(installed.cli.parent / "python"), "-c", _READ_PAGE_CSS)
+    assert stylesheet.startswith("/* The broker's own pages")

@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 import yaml
 
 from service.cli.policies import add_policies_parser
+from tests.fixtures.cfn_lint import cfn_lint
 from tests.fixtures.configs import valid_config_dict
 
 ACCOUNT = "111122223333"
@@ -32,7 +31,6 @@ CHAT_USER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/chat/users/ChimeChatUserRole"
 PARTNER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/partners/ChimePartnerUserRole"
 SERVER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/broker/ChimeBrokerServer"
 USER_TAG = "chat_user"
-CFN_LINT = Path(sys.executable).with_name("cfn-lint")
 
 STS_TRUST_ACTIONS = ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]
 COGNITO_TRUST_ACTIONS = ["sts:AssumeRoleWithWebIdentity", "sts:TagSession"]
@@ -385,11 +383,7 @@ def test_parliament_finds_nothing_above_low_in_the_permission_policies(
 
 @pytest.mark.slow
 def test_cloudformation_template_passes_cfn_lint(template: dict[str, Any], tmp_path: Path) -> None:
-    path = tmp_path / "chime-broker-roles.json"
-    path.write_text(json.dumps(template, indent=2))
-    result = subprocess.run(
-        [str(CFN_LINT), "--", str(path)], capture_output=True, text=True, check=False
-    )
+    result = cfn_lint(template, tmp_path / "chime-broker-roles.json")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -400,11 +394,7 @@ def test_cfn_lint_rejects_a_template_with_an_unknown_action(
     broken = json.loads(
         json.dumps(template).replace("chime:ListSubChannels", "chime:ListSubChanels")
     )
-    path = tmp_path / "broken.json"
-    path.write_text(json.dumps(broken))
-    result = subprocess.run(
-        [str(CFN_LINT), "--", str(path)], capture_output=True, text=True, check=False
-    )
+    result = cfn_lint(broken, tmp_path / "broken.json")
     assert result.returncode != 0
     assert "listsubchanels" in result.stdout
 

@@ -145,23 +145,30 @@ def test_the_first_exchange_is_capped_by_the_session_lifetime(
     assert abs((expires - session_end).total_seconds()) <= 5
 
 
-def test_cached_credentials_are_reused_per_session_and_user(
+def test_cached_credentials_are_reused_per_user_starting_with_the_exchanges_own(
     aws: Any, oidc_provider: Any, make_app: MakeApp
 ) -> None:
     client = make_app(**corp(oidc_provider, "sts")).test_client()
-    alice = start(client, oidc_provider, "alice")["broker_session"]["token"]
-    bob = start(client, oidc_provider, "bob")["broker_session"]["token"]
+    alice_start = start(client, oidc_provider, "alice")
+    bob_start = start(client, oidc_provider, "bob")
+    [alice_call, bob_call] = aws.recorder.calls("AssumeRole")
+    assert [sts_tags(c)["my_applications_user_id"] for c in (alice_call, bob_call)] == [
+        "corp-alice",
+        "corp-bob",
+    ]
     aws.recorder.reset()
+    alice, bob = alice_start["broker_session"]["token"], bob_start["broker_session"]["token"]
     alice_1 = refresh(client, alice).get_json()["credentials"]
     alice_2 = refresh(client, alice).get_json()["credentials"]
     bob_1 = refresh(client, bob).get_json()["credentials"]
-    bob_2 = refresh(client, bob).get_json()["credentials"]
-    assert alice_1 == alice_2
-    assert bob_1 == bob_2
+    assert alice_1 == alice_2 == alice_start["credentials"]
+    assert bob_1 == bob_start["credentials"]
     assert alice_1["access_key_id"] != bob_1["access_key_id"]
-    calls = aws.recorder.calls("AssumeRole")
-    assert len(calls) == 2
-    assert [sts_tags(c)["my_applications_user_id"] for c in calls] == ["corp-alice", "corp-bob"]
+    # A second launch of alice's app: a new session, the same user, the same credentials.
+    again = start(client, oidc_provider, "alice")
+    assert again["broker_session"]["token"] != alice
+    assert again["credentials"] == alice_1
+    assert aws.recorder.calls("AssumeRole") == []
 
 
 @pytest.mark.parametrize("how", UNREADABLE_SEALED)
@@ -169,16 +176,10 @@ def test_a_cached_credential_stored_in_a_form_this_version_does_not_read_is_vend
     how: str, aws: Any, oidc_provider: Any, make_app: MakeApp, local_store: Store
 ) -> None:
     client = make_app(**corp(oidc_provider, "sts"), store=local_store).test_client()
-    session = start(client, oidc_provider)["broker_session"]["token"]
-    aws.recorder.reset()
-    first = refresh(client, session).get_json()["credentials"]
-    [call] = aws.recorder.calls("AssumeRole")
+    started = start(client, oidc_provider)
+    session, first = started["broker_session"]["token"], started["credentials"]
     cache_key = CredentialCache(local_store, Sealer(SECRET_KEY), clock=time.time).key(
-        session=token_hash(session),
-        provider="corp",
-        user_id="corp-alice",
-        tags=sts_tags(call),
-        role=f"sts:{aws.user_role_arn}",
+        provider="corp", user_id="corp-alice", role=f"sts:{aws.user_role_arn}"
     )
     spoil_sealed(local_store, cache_key, how, field="session_token")
     aws.recorder.reset()
@@ -253,7 +254,13 @@ def test_the_container_endpoint_takes_exactly_the_bare_token(
     assert aws.recorder.requests() == []
     good = client.get("/v1/credentials/container", headers={"Authorization": session})
     assert good.status_code == 200
-    assert set(good.get_json()) == {"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}
+    assert set(good.get_json()) == {
+        "AccessKeyId",
+        "SecretAccessKey",
+        "Token",
+        "AccountId",
+        "Expiration",
+    }
 
 
 @pytest.mark.parametrize(

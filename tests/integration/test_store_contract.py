@@ -1,7 +1,8 @@
-"""The state store contract, run against every backend: memory, a SQLite file, a real Redis.
+"""The state store contract, run against every backend: memory, a SQLite file, a real Redis,
+a DynamoDB table in the moto server.
 
 Races run 16 threads in one process and, for the backends shared between processes
-(SQLite, Redis), several spawned processes that each open the store from its URL.
+(SQLite, Redis, DynamoDB), several spawned processes that each open the store from its URL.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import pytest
 import redis
 
 from identity.errors import StoreError
-from identity.store import MemoryStore, Store, open_store, validate_store_url
+from identity.store import MemoryStore, Store, validate_store_url
+from identity.store import open_store as _open_store
+from service.demo.aws_world import REGION
 
 THREADS = 16
 PROCESSES = 6
@@ -35,26 +38,36 @@ SHORT_TTL = 0.25
 PAST_SHORT_TTL = 0.4
 
 
+def open_store(url: str) -> Store:
+    """The store at ``url``, in the region the moto server's world lives in (the broker
+    passes its ``aws.region``; only DynamoDB uses it)."""
+    return _open_store(url, region=REGION)
+
+
 def _sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+# Backends whose URL a fixture provides, by the server it starts.
+_URL_FIXTURES = {"redis": "redis_url", "dynamodb": "dynamodb_store_url"}
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "dynamodb"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "memory":
         return "memory://"
     if request.param == "sqlite":
         return _sqlite_url(tmp_path / "state.db")
-    url: str = request.getfixturevalue("redis_url")
+    url: str = request.getfixturevalue(_URL_FIXTURES[request.param])
     return url
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "dynamodb"])
 def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A backend that several processes can share."""
     if request.param == "sqlite":
         return _sqlite_url(tmp_path / "state.db")
-    url: str = request.getfixturevalue("redis_url")
+    url: str = request.getfixturevalue(_URL_FIXTURES[request.param])
     return url
 
 

@@ -209,7 +209,8 @@ BROKEN = [
         variant(("${env:BROKER_SECRET_KEY}", "${BROKER_SECRET_KEY}")),
         [
             "service.secret_key (line 13): '${BROKER_SECRET_KEY}' is not a reference: "
-            "write ${env:NAME} (or $${ for a literal ${)"
+            "write ${env:NAME}, ${ssm:/PATH/NAME} or ${secretsmanager:NAME-OR-ARN[#KEY]} "
+            "(or $${ for a literal ${)"
         ],
         id="env-reference-syntax",
     ),
@@ -564,7 +565,7 @@ BROKEN = [
         variant(("store: memory://", "store: postgres://db/broker")),
         [
             "store (line 16): unknown store URL scheme 'postgres': expected one of memory://, "
-            "sqlite://, redis://, rediss://"
+            "sqlite://, redis://, rediss://, dynamodb://"
         ],
         id="store-scheme",
     ),

@@ -16,6 +16,7 @@ from identity.providers.cognito_user_pool import cognito_user_pool_login_key
 from identity.providers.facebook import FacebookTokenProvider
 from identity.providers.google import google_issuers
 from identity.providers.id_token import IdTokenProvider, login_key_for_issuer
+from identity.providers.oidc import ALGORITHMS as OIDC_ALGORITHMS
 from identity.providers.oidc import OidcConfig
 from tests.fixtures import apps
 from tests.fixtures.providers import built_providers
@@ -162,7 +163,7 @@ def test_google_accepts_its_issuer_with_and_without_https() -> None:
     assert google.policy.audiences == ("1234-web.apps.googleusercontent.com",)
 
 
-def test_oidc_audiences_default_to_the_client_id_and_rs256_is_pinned() -> None:
+def test_oidc_audiences_default_to_the_client_id_and_algorithms_follow_discovery() -> None:
     okta, listed = (
         built_providers(
             broker_config(
@@ -170,7 +171,7 @@ def test_oidc_audiences_default_to_the_client_id_and_rs256_is_pinned() -> None:
                  "client_id": "web"},
                 {"name": "okta2", "kind": "oidc", "issuer": "https://idp2.example.com",
                  "client_id": "web", "audiences": ["web", "ios"], "leeway": 5,
-                 "require_nonce": True},
+                 "require_nonce": True, "algorithms": ["ES256", "EdDSA"]},
             )
         ).token[name]
         for name in ("okta", "okta2")
@@ -179,7 +180,11 @@ def test_oidc_audiences_default_to_the_client_id_and_rs256_is_pinned() -> None:
     assert isinstance(okta, IdTokenProvider) and isinstance(listed, IdTokenProvider)
     assert okta.policy.audiences == ("web",)
     assert okta.policy.issuers == ("https://idp.example.com",)
-    assert okta.policy.algorithms == ("RS256",)
+    # Every public-key algorithm, narrowed to the advertised ones when discovery is read.
+    assert okta.policy.algorithms == OIDC_ALGORITHMS
+    assert okta.keys.algorithms == frozenset(OIDC_ALGORITHMS)
+    assert listed.policy.algorithms == ("ES256", "EdDSA")
+    assert listed.keys.algorithms == {"ES256", "EdDSA"}
     assert (okta.policy.leeway, okta.policy.require_nonce) == (60, False)
     assert listed.policy.audiences == ("web", "ios")
     assert (listed.policy.leeway, listed.policy.require_nonce) == (5, True)

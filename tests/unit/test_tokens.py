@@ -20,9 +20,9 @@ import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, padding, rsa
 from cryptography.x509.oid import NameOID
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from identity.errors import InvalidToken, UpstreamTimeout, UpstreamUnavailable
 from identity.tokens import JwksCache, JwtPolicy, SharedSecret, verify_jwt
@@ -682,6 +682,103 @@ def test_a_discovery_document_that_cannot_be_trusted_is_a_failed_fetch(
             keys=keys,
         )
     assert key_server.hits.get("/tenant/keys") is None and keys.fetch_count == 0
+
+
+ALL_ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "EdDSA")
+
+
+def serve_discovery(key_server: KeyServer, **members: Any) -> str:
+    issuer = key_server.url("/tenant")
+    key_server.serve_json(
+        "/tenant/.well-known/openid-configuration",
+        {"issuer": issuer, "jwks_uri": key_server.url("/tenant/keys"), **members},
+    )
+    return issuer
+
+
+def test_discovery_narrows_the_algorithms_to_those_advertised(
+    key_server: KeyServer,
+    clock: FakeClock,
+    rsa_key: rsa.RSAPrivateKey,
+    ec_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    key_server.serve_jwks(rsa_jwk(rsa_key, "rsa-1"), ec_jwk(ec_key, "ec-1"), path="/tenant/keys")
+    issuer = serve_discovery(
+        key_server, id_token_signing_alg_values_supported=["ES256", "HS256", "none"]
+    )
+    keys = JwksCache(issuer=issuer, algorithms=ALL_ASYMMETRIC, follow_discovery=True, clock=clock)
+    policy = JwtPolicy(issuers=(issuer,), audiences=(CLIENT_ID,), algorithms=ALL_ASYMMETRIC)
+
+    assert verify_jwt(sign(ec_key, kid="ec-1", alg="ES256", iss=issuer), policy=policy, keys=keys)
+    assert keys.algorithms == {"ES256"}
+    # The provider does not sign with RS256: its RSA key is not used, whatever it signs.
+    assert refused(sign(rsa_key, iss=issuer), keys, policy) == "algorithm not allowed"
+
+
+def test_a_discovery_document_without_algorithms_means_rs256(
+    key_server: KeyServer,
+    clock: FakeClock,
+    rsa_key: rsa.RSAPrivateKey,
+    ec_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    key_server.serve_jwks(rsa_jwk(rsa_key, "rsa-1"), ec_jwk(ec_key, "ec-1"), path="/tenant/keys")
+    issuer = serve_discovery(key_server)
+    keys = JwksCache(issuer=issuer, algorithms=ALL_ASYMMETRIC, follow_discovery=True, clock=clock)
+    policy = JwtPolicy(issuers=(issuer,), audiences=(CLIENT_ID,), algorithms=ALL_ASYMMETRIC)
+
+    assert verify_jwt(sign(rsa_key, iss=issuer), policy=policy, keys=keys)
+    assert refused(sign(ec_key, kid="ec-1", alg="ES256", iss=issuer), keys, policy) == (
+        "algorithm not allowed"
+    )
+
+
+def test_a_provider_advertising_only_hmac_or_none_is_unusable(
+    key_server: KeyServer, clock: FakeClock, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    key_server.serve_jwks(rsa_jwk(rsa_key, "rsa-1"), path="/tenant/keys")
+    issuer = serve_discovery(key_server, id_token_signing_alg_values_supported=["HS256", "none"])
+    keys = JwksCache(issuer=issuer, algorithms=ALL_ASYMMETRIC, follow_discovery=True, clock=clock)
+    policy = JwtPolicy(issuers=(issuer,), audiences=(CLIENT_ID,), algorithms=ALL_ASYMMETRIC)
+    with pytest.raises(UpstreamUnavailable):
+        verify_jwt(sign(rsa_key, iss=issuer), policy=policy, keys=keys)
+
+
+def test_pinned_algorithms_ignore_what_discovery_advertises(
+    key_server: KeyServer, clock: FakeClock, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    key_server.serve_jwks(rsa_jwk(rsa_key, "rsa-1"), path="/tenant/keys")
+    issuer = serve_discovery(key_server, id_token_signing_alg_values_supported=["ES256"])
+    keys = JwksCache(issuer=issuer, algorithms=("RS256",), clock=clock)
+    policy = JwtPolicy(issuers=(issuer,), audiences=(CLIENT_ID,))
+    assert verify_jwt(sign(rsa_key, iss=issuer), policy=policy, keys=keys)
+
+
+def test_a_signed_answer_without_exp_passes_only_where_exp_is_not_required(
+    jwks: JwksCache, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    token = jwt.encode(
+        {k: v for k, v in claims().items() if k not in ("exp", "iat")},
+        rsa_key,
+        algorithm="RS256",
+        headers={"kid": "rsa-1"},
+    )
+    assert refused(token, jwks) == "missing required claim 'exp'"
+    policy = JwtPolicy(
+        issuers=(ISSUER,),
+        audiences=(CLIENT_ID,),
+        required_claims=("iss", "sub", "aud"),
+        require_exp=False,
+    )
+    assert verify_jwt(token, policy=policy, keys=jwks)["sub"] == claims()["sub"]
+
+
+def test_ed448_keys_are_not_used(key_server: KeyServer, clock: FakeClock) -> None:
+    key = ed448.Ed448PrivateKey.generate()
+    key_server.serve_jwks({**OKPAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "ed448"})
+    keys = JwksCache(jwks_url=key_server.url("/jwks"), algorithms=("EdDSA",), clock=clock)
+    policy = JwtPolicy(issuers=(ISSUER,), audiences=(CLIENT_ID,), algorithms=("EdDSA",))
+    with pytest.raises(UpstreamUnavailable):
+        verify_jwt(sign(key, kid="ed448", alg="EdDSA"), policy=policy, keys=keys)
 
 
 def test_key_urls_must_be_https_outside_loopback() -> None:

@@ -5,7 +5,8 @@
 //   GET  /v1/providers             the login buttons
 //   GET  /v1/login/{provider}      a full-page navigation, with ?return_to=<this page>
 //   GET  /v1/session               who is signed in (401 when nobody is)
-//   POST /v1/credentials           AWS credentials for the signed-in user
+//   POST /v1/credentials           AWS credentials for the signed-in user, again by itself
+//                                  before they expire (as the AWS SDKs do)
 //   POST /v1/logout                ends the broker session
 // A failed login comes back to this page as ?error=<code>.
 //
@@ -114,6 +115,20 @@
   // -- signed out --------------------------------------------------------------------------
 
   let providersShown = false;
+  let providerList = null;
+
+  // The providers, fetched once: the buttons, and the names shown for a signed-in user.
+  async function providers() {
+    if (providerList === null) {
+      providerList = await call("GET", "v1/providers");
+    }
+    return providerList;
+  }
+
+  function providerLabel(name) {
+    const found = (providerList || []).find((p) => p.name === name);
+    return found ? found.display_name : name;
+  }
 
   function returnTo() {
     return window.location.origin + window.location.pathname;
@@ -129,10 +144,10 @@
     if (providersShown) {
       return;
     }
-    const providers = await call("GET", "v1/providers");
+    const known = await providers();
     const list = $("providers");
     list.replaceChildren();
-    for (const provider of providers) {
+    for (const provider of known) {
       const button = document.createElement("button");
       button.type = "button";
       button.className = "provider";
@@ -143,12 +158,13 @@
       item.append(button);
       list.append(item);
     }
-    $("no-providers").hidden = providers.length > 0;
+    $("no-providers").hidden = known.length > 0;
     providersShown = true;
   }
 
   async function renderSignedOut(endSessionUrl) {
     stopCountdown();
+    stopRenewal();
     $("signed-in").hidden = true;
     $("signed-out").hidden = false;
     $("signed-out-notice").hidden = endSessionUrl === undefined;
@@ -189,6 +205,7 @@
     const node = $("expires-in");
     node.textContent = remainingText(ms);
     node.classList.toggle("expired", ms <= 0);
+    $("expired").hidden = ms > 0;
   }
 
   function stopCountdown() {
@@ -202,7 +219,7 @@
     current = body;
     $("display-name").textContent = body.display_name;
     $("user-id").textContent = body.user_id;
-    $("provider").textContent = body.provider;
+    $("provider").textContent = providerLabel(body.provider);
     $("user-arn").textContent = body.app_instance_user_arn;
     $("region").textContent = body.region;
     $("access-key-id").textContent = body.credentials.access_key_id;
@@ -212,12 +229,57 @@
     stopCountdown();
     tick();
     countdown = window.setInterval(tick, 1000);
+    scheduleRenewal(body.credentials.expiration);
     $("signed-out").hidden = true;
     $("signed-in").hidden = false;
   }
 
   async function vend() {
-    renderSignedIn(await call("POST", "v1/credentials"));
+    const body = await call("POST", "v1/credentials");
+    await providers().catch(() => null);
+    renderSignedIn(body);
+  }
+
+  // -- renewal: new credentials before these expire, as an SDK would -----------------------
+
+  const RENEW_BEFORE_MS = 10 * 60 * 1000; // the AWS SDKs refresh 10-15 minutes ahead
+  const MIN_RENEW_DELAY_MS = 30 * 1000;
+  let renewal = null;
+
+  // When to ask again: ten minutes before expiry, or at half-life for credentials that
+  // last less than twenty minutes; never in a tight loop.
+  function renewalDelay(expiration) {
+    const left = Date.parse(expiration) - Date.now();
+    const delay = left > 2 * RENEW_BEFORE_MS ? left - RENEW_BEFORE_MS : left / 2;
+    return Math.max(delay, MIN_RENEW_DELAY_MS);
+  }
+
+  function stopRenewal() {
+    if (renewal !== null) {
+      window.clearTimeout(renewal);
+      renewal = null;
+    }
+  }
+
+  function scheduleRenewal(expiration) {
+    stopRenewal();
+    renewal = window.setTimeout(renewInBackground, renewalDelay(expiration));
+  }
+
+  async function renewInBackground() {
+    renewal = null;
+    if (current === null) {
+      return;
+    }
+    try {
+      await vend();
+      clearError();
+      setStatus(`Renewed automatically at ${new Date().toLocaleTimeString()}.`);
+    } catch (error) {
+      // Unreachable or refused: the countdown runs out and the expired state offers a
+      // button; a 401 means the session ended.
+      await failed(error).catch(() => null);
+    }
   }
 
   // -- actions -----------------------------------------------------------------------------
@@ -229,6 +291,7 @@
     setStatus("Refreshing…");
     try {
       await vend();
+      clearError();
       const reused = before !== null
         && before.credentials.access_key_id === current.credentials.access_key_id
         && before.credentials.expiration === current.credentials.expiration;
@@ -273,6 +336,7 @@
     $("broker-origin").textContent = broker.origin;
     $("openapi-link").href = new URL("openapi.json", broker).toString();
     $("refresh").addEventListener("click", refresh);
+    $("renew").addEventListener("click", refresh);
     $("logout").addEventListener("click", logout);
     takeErrorFromUrl();
     try {

@@ -1,0 +1,33 @@
+"""What every store backend checks the same way: TTLs, values and counters."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from identity.errors import StoreError
+
+__all__ = ["check_ttl", "check_value", "counter_value"]
+
+_INTEGER = re.compile(rb"-?[0-9]{1,19}")
+
+
+def check_ttl(ttl: float) -> None:
+    """Raise ValueError unless ``ttl`` is a finite number of seconds > 0."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise ValueError(f"ttl must be a number of seconds, got {type(ttl).__name__}")
+    if not math.isfinite(ttl) or ttl <= 0:
+        raise ValueError(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
+
+
+def check_value(value: bytes) -> None:
+    """Raise TypeError unless ``value`` is bytes."""
+    if not isinstance(value, bytes):
+        raise TypeError(f"store values are bytes, got {type(value).__name__}")
+
+
+def counter_value(key: str, value: bytes) -> int:
+    """The integer a counter's stored value spells; StoreError when it spells none."""
+    if _INTEGER.fullmatch(value) is None:
+        raise StoreError(f"cannot increment {key!r}: its value is not an integer")
+    return int(value)
