@@ -24,6 +24,8 @@ from pydantic import (
 
 from identity.config.aws_secrets import aws_document_resolvers
 from identity.config.models import (
+    SHORT_CREDENTIALS,
+    SHORT_CREDENTIALS_WARNING,
     AwsConfig,
     ChimeConfig,
     Frozen,
@@ -198,6 +200,21 @@ class BrokerConfig(Frozen):
         """The key paths whose ``${…}`` reference was left as a placeholder."""
         held = self._report.placeholders if self._report is not None else set()
         return sorted(format_path(path) for path in held)
+
+    def warnings(self) -> list[tuple[Path, str]]:
+        """What works but is likely not what was meant, outside the providers (``check``
+        prints them with the providers' own)."""
+        found: list[tuple[Path, str]] = []
+        sts = self.aws.sts
+        if (
+            sts is not None
+            and sts.duration_seconds < SHORT_CREDENTIALS
+            and any(p.exchange == "sts" for p in self.providers)
+        ):
+            found.append((("aws", "sts", "duration_seconds"), SHORT_CREDENTIALS_WARNING))
+        for index, provider in enumerate(self.providers):
+            found += [(("providers", index, *where), msg) for where, msg in provider.warnings()]
+        return found
 
     def summary(self) -> str:
         """A few lines for ``chime-broker check``: mode, region, store, providers."""

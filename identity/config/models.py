@@ -118,6 +118,14 @@ class Timeouts(Frozen):
     read: Annotated[float, Field(gt=0, le=300)] = 5.0
 
 
+SHORT_CREDENTIALS = 1800
+SHORT_CREDENTIALS_WARNING = (
+    "credentials shorter than 30 minutes are expensive: AWS SDKs refresh 15 minutes before "
+    "expiry and the broker reuses nothing with less than 15 minutes left, so almost every "
+    "SDK call comes back for new credentials, each one an AWS call; use 3600"
+)
+
+
 class AwsConfig(Frozen):
     """Where AWS is: region, identity pool, STS role, timeouts.  No keys: the SDK's chain."""
 

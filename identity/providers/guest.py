@@ -24,7 +24,14 @@ from typing import Any, ClassVar, Final, Literal
 
 from pydantic import Field, SecretStr
 
-from identity.config.models import Frozen, Problem, ProviderBase, ValidationContext
+from identity.config.models import (
+    SHORT_CREDENTIALS,
+    SHORT_CREDENTIALS_WARNING,
+    Frozen,
+    Problem,
+    ProviderBase,
+    ValidationContext,
+)
 from identity.config.report import Path
 from identity.config.types import MIN_SECRET_KEY_LENGTH, NonEmptyStr, SecureUrl
 from identity.errors import InvalidRequest, InvalidToken, RateLimited
@@ -135,6 +142,11 @@ class GuestConfig(ProviderBase):
                 )
             )
         return problems
+
+    def warnings(self) -> list[Problem]:
+        if self.exchange == "sts" and self.credential_ttl < SHORT_CREDENTIALS:
+            return [(("credential_ttl",), SHORT_CREDENTIALS_WARNING)]
+        return []
 
 
 def _digest(*parts: str) -> str:

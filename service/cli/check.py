@@ -12,10 +12,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config, offline=args.offline, reach_store=not args.offline)
     print(f"{args.config}: ok")
     print(config.summary())
-    for index, provider in enumerate(config.providers):
-        for where, message in provider.warnings():
-            path = format_path(("providers", index, *where))
-            print(f"warning: {path} ({provider.name}): {message}")
+    for where, message in config.warnings():
+        provider = (
+            f" ({config.providers[where[1]].name})"
+            if where[0] == "providers" and isinstance(where[1], int)
+            else ""
+        )
+        print(f"warning: {format_path(where)}{provider}: {message}")
     if config.placeholders:
         print(
             "offline: not resolved, and not checked beyond their syntax: "

@@ -143,3 +143,39 @@ def test_check_prints_the_warning_and_still_passes(
     printed = capsys.readouterr().out
     assert f"{path}: ok" in printed
     assert "warning: providers[0].map.display_name (okta): reads 'name'" in printed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "where"),
+    [
+        (
+            {
+                "aws__sts__duration_seconds": 900,
+                "providers": [provider_dict("oidc", exchange="sts")],
+            },
+            "aws.sts.duration_seconds",
+        ),
+        (
+            {"providers": [provider_dict("guest", exchange="sts", credential_ttl=900)]},
+            "providers[0].credential_ttl (guests)",
+        ),
+    ],
+    ids=["sts-duration", "guest-ttl"],
+)
+def test_check_warns_that_short_credentials_send_every_sdk_call_back(
+    overrides: dict[str, Any], where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "broker.yaml"
+    path.write_text(yaml.safe_dump(valid_config_dict(**overrides)))
+    assert main(["check", "--offline", "--config", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert f"warning: {where}: credentials shorter than 30 minutes are expensive" in printed
+
+
+def test_hour_long_credentials_draw_no_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "broker.yaml"
+    path.write_text(yaml.safe_dump(valid_config_dict(aws__sts__duration_seconds=3600)))
+    assert main(["check", "--offline", "--config", str(path)]) == 0
+    assert "warning:" not in capsys.readouterr().out
