@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -599,3 +600,20 @@ def _is_https_or_loopback(url: str) -> bool:
 def _require_https_or_loopback(url: str) -> None:
     if not _is_https_or_loopback(url):
         raise ValueError(f"{url!r}: key URLs must be https (plain http only on loopback)")
+
+
+# 9999-12-31T23:59:59Z: the last moment a ``datetime`` can hold.
+_LAST_REPRESENTABLE = 253402300799
+
+
+def expiry_time(seconds: Any, *, what: str = "exp") -> datetime:
+    """``seconds`` (epoch, from a token or an IdP's answer) as an aware UTC datetime; a value
+    that is not a finite number before year 10000 is ``InvalidToken``, never an overflow."""
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not math.isfinite(seconds)
+        or not 0 <= seconds <= _LAST_REPRESENTABLE
+    ):
+        raise InvalidToken(f"{what} is out of range", log_detail=f"{what}={seconds!r:.40}")
+    return datetime.fromtimestamp(seconds, UTC)

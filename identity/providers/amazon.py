@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, ClassVar, Final, Literal
 
 from pydantic import Field, SecretStr
@@ -36,6 +35,7 @@ from identity.providers.inspection import (
     short,
     string,
 )
+from identity.tokens import expiry_time
 
 LOGIN_KEY: Final = "www.amazon.com"
 """The identity pool's ``Logins`` key for Login with Amazon."""
@@ -125,7 +125,7 @@ class AmazonTokenProvider(AccessTokenProvider):
             claims=profile_claims(user_id, self._profile(access_token, user_id)),
             login_key=LOGIN_KEY,
             login_token=access_token,
-            token_expires_at=datetime.fromtimestamp(expires_at, UTC),
+            token_expires_at=expiry_time(expires_at, what="token expiry"),
         )
 
     def _profile(self, access_token: str, user_id: str) -> Mapping[str, Any]:

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, ClassVar, Final, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -40,6 +39,7 @@ from identity.providers.inspection import (
     short,
     string,
 )
+from identity.tokens import expiry_time
 
 LOGIN_KEY: Final = "graph.facebook.com"
 """The identity pool's ``Logins`` key for Facebook."""
@@ -146,7 +146,7 @@ class FacebookTokenProvider(AccessTokenProvider):
             claims=profile_claims(user_id, self._profile(access_token, user_id)),
             login_key=LOGIN_KEY,
             login_token=access_token,
-            token_expires_at=datetime.fromtimestamp(expires_at, UTC) if expires_at else None,
+            token_expires_at=expiry_time(expires_at, what="token expiry") if expires_at else None,
         )
 
     def _profile(self, access_token: str, user_id: str) -> Mapping[str, Any]:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 from identity.errors import InvalidToken
 from identity.models import Principal
-from identity.tokens import JwksCache, JwtPolicy, verify_jwt
+from identity.tokens import JwksCache, JwtPolicy, expiry_time, verify_jwt
 
 ClaimsHook = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -104,7 +103,7 @@ class IdTokenProvider:
             claims=claims,
             login_key=self.login_key,
             login_token=id_token,
-            token_expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+            token_expires_at=expiry_time(claims["exp"]),
         )
 
     def for_browser(self, client_id: str) -> IdTokenProvider:

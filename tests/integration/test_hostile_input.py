@@ -54,3 +54,17 @@ def test_deeply_nested_json_is_a_400(client: FlaskClient, aws: Any, path: str, s
     assert "credentials" not in body and "broker_session" not in body
     assert "Set-Cookie" not in response.headers
     assert aws.recorder.requests() == []
+
+
+@pytest.mark.parametrize("exp", [253402300800, 10**15, 1e300], ids=["year 10000", "1e15", "1e300"])
+def test_a_signed_token_expiring_past_year_9999_is_invalid_not_an_overflow(
+    client: FlaskClient, aws: Any, oidc_provider: Any, exp: float
+) -> None:
+    oidc_provider.register_client("mobile-app")
+    token = oidc_provider.mint_id_token({"sub": "ada", "exp": exp}, audience="mobile-app")
+    response = client.post("/v1/token", json={"provider": "corp", "id_token": token})
+    assert response.status_code == 401, response.get_data(as_text=True)[:300]
+    body = response.get_json()
+    assert body["code"] == "invalid_token"
+    assert "credentials" not in body and "broker_session" not in body
+    assert aws.recorder.requests() == []
