@@ -21,7 +21,7 @@ def _refusal(args: argparse.Namespace) -> int:
     if config.store.startswith("memory://") and args.workers > 1 and not config.is_demo:
         print(
             "store: memory:// keeps state inside one process; with --workers "
-            f"{args.workers} use sqlite:// or redis://",
+            f"{args.workers} use sqlite://, redis:// or dynamodb://",
             file=sys.stderr,
         )
         return 2

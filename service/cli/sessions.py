@@ -1,5 +1,5 @@
 """``chime-broker sessions``: revoke or list broker sessions through the store that the
-running brokers share (the config's ``store``: SQLite or Redis)."""
+running brokers share (the config's ``store``: SQLite, Redis or DynamoDB)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def _broker(config_path: str) -> Iterator[Broker]:
     if config.store.split("://", 1)[0].lower() == "memory":
         print(
             f"{config_path}: store is memory://, which only the serving process can see; "
-            "sessions commands need the SQLite or Redis store the brokers share",
+            "sessions commands need the SQLite, Redis or DynamoDB store the brokers share",
             file=sys.stderr,
         )
         raise SystemExit(1)
@@ -115,7 +115,7 @@ def add_sessions_parser(subparsers: argparse._SubParsersAction[argparse.Argument
         "sessions",
         help="revoke or list broker sessions in the shared store",
         description="Revoke or list broker sessions in the store that the running brokers "
-        "share (the config's store: SQLite or Redis).",
+        "share (the config's store: SQLite, Redis or DynamoDB).",
         epilog=REVOKE_EXAMPLES + "\n\nlisting a user's live sessions:\n" + _LIST_LINES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
