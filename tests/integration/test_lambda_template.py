@@ -11,7 +11,6 @@ import json
 import re
 import shlex
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from identity.config.document import load_config
 from identity.dynamodb_store import DynamoDbStore
 from service.cli import main
 from tests.fixtures.apps import broker_config_dict
-from tests.fixtures.cfn_lint import cfn_lint
+from tests.fixtures.cfn_lint import cfn_lint, strings_in
 from tests.fixtures.configs import ACCOUNT, APP_INSTANCE_ARN, REGION, REMOVE, provider_dict
 from tests.fixtures.moto_server import AwsWorld
 
@@ -149,18 +148,6 @@ def arn_pattern(resource: Any, account: str, region: str = REGION) -> str:
     for name, value in (("Partition", "aws"), ("AccountId", account), ("Region", region)):
         text = text.replace("${AWS::" + name + "}", value)
     return text
-
-
-def strings_in(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield key
-            yield from strings_in(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from strings_in(item)
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 import yaml
 
 from service.cli.policies import add_policies_parser
-from tests.fixtures.cfn_lint import cfn_lint
+from tests.fixtures.cfn_lint import cfn_lint, strings_in
 from tests.fixtures.configs import valid_config_dict
 
 ACCOUNT = "111122223333"
@@ -202,18 +201,6 @@ def statements(document: dict[str, Any]) -> list[dict[str, Any]]:
 
 def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
-
-
-def strings_in(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield key
-            yield from strings_in(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from strings_in(item)
 
 
 def statement_with(document: dict[str, Any], action: str) -> list[dict[str, Any]]:

@@ -26,8 +26,8 @@ from service.pages import PROBLEM_PAGE_CSP
 from tests.fakes import FakeClock
 from tests.fixtures.apps import MakeConfig
 from tests.fixtures.live_server import LiveServer, LoopbackSession
-from tests.fixtures.oidc_provider import ALICE_SUB
 from tests.fixtures.saml_idp import SamlIdp, encode
+from tests.integration import test_browser_login as browser_login
 from tests.integration.test_saml_login import saml_config
 
 CLIENT_ID = "broker-web"
@@ -96,27 +96,14 @@ class PageReader(HTMLParser):
         return " ".join(self.texts[element_id].split())
 
 
-class Browser:
-    """A cookie jar that follows no redirect by itself and asks for pages as Chromium does."""
+class Browser(browser_login.Browser):
+    """The sign-in tests' cookie jar, asking for pages as Chromium does."""
 
-    def __init__(self, broker: LiveServer) -> None:
-        self.broker = broker
-        self.http = LoopbackSession()
-
-    def get(self, url: str, accept: str | None = BROWSER_ACCEPT) -> requests.Response:
+    def get(
+        self, url: str, accept: str | None = BROWSER_ACCEPT, **kwargs: Any
+    ) -> requests.Response:
         headers = {"Accept": accept} if accept is not None else {}
-        return self.http.get(url, headers=headers, allow_redirects=False, timeout=10)
-
-    def begin(self, provider: str = "okta", **params: str) -> str:
-        response = self.get(f"{self.broker.url}/v1/login/{provider}?{urlencode(params)}")
-        assert response.status_code == 302, response.text
-        return response.headers["Location"]
-
-    def authorize(self, idp: DevIdentityProvider, authorization_url: str) -> str:
-        idp.next_login(ALICE_SUB)
-        response = self.get(authorization_url)
-        assert response.status_code == 302, response.text
-        return response.headers["Location"]
+        return self.http.get(url, headers=headers, allow_redirects=False, timeout=10, **kwargs)
 
 
 def assert_page(
