@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := redis-server chromium
+DEB_PACKAGES := redis-server chromium xmlsec1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 CERTIFIED_OP := tests/fixtures/certified_op
@@ -16,11 +16,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Debian packages the tests drive for real: redis-server (store), chromium (browser tests).
+# Debian packages the tests drive for real: redis-server (store), chromium (browser tests),
+# xmlsec1 (pysaml2's IdP signs and verifies with it).
 system-packages:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v xmlsec1 >/dev/null 2>&1 || missing="$$missing xmlsec1"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \

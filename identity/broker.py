@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from identity import errors
+from identity import audit, errors, telemetry
 from identity.chime import AppInstanceUsers, MessagingEndpoint
 from identity.config.document import BrokerConfig
 from identity.config.models import ProviderBase
@@ -21,11 +21,14 @@ from identity.mapping import ClaimMapper, app_instance_user_arn
 from identity.models import Grant, MappedUser, Principal, VendedCredentials
 from identity.providers.base import RedirectProvider, TokenProvider
 from identity.providers.guest import GuestConfig, MeetingGuests, guest_display_name
+from identity.providers.id_token import SingleUseNonces
 from identity.providers.kinds import Providers
 from identity.sealing import Sealer, token_hash
 from identity.sessions import SessionManager, SessionRecord
 from identity.store import Store
+from identity.upstream_sessions import upstream_session_id
 from identity.vending.base import Vendor, VendRequest
+from identity.vending.sts import role_session_name
 
 log = logging.getLogger("chime_broker.broker")
 
@@ -52,6 +55,7 @@ class Broker:
         self.clock = clock
         self.sealer = sealer
         self.sessions = SessionManager(store, sealer, clock=clock)
+        self.nonces = SingleUseNonces(store, clock)
         self.credential_cache = CredentialCache(
             store, sealer, clock=clock, enabled=config.service.cache_credentials
         )
@@ -97,7 +101,16 @@ class Broker:
             principal = provider.verify_access_token(access_token)
         else:
             raise errors.InvalidRequest("one of id_token or access_token is required")
-        return self.start_session(provider_cfg, principal, origin="token")
+        if not (provider_cfg.require_nonce and id_token is not None):
+            return self.start_session(provider_cfg, principal, origin="token")
+        spent = self.nonces.spend(principal, leeway=provider_cfg.leeway)
+        try:
+            return self.start_session(provider_cfg, principal, origin="token")
+        except errors.BrokerError as error:
+            # Nothing was issued: the app may retry with the same token.
+            if error.status >= 500 or isinstance(error, errors.RateLimited):
+                self.nonces.release(spent)
+            raise
 
     def start_guest_session(
         self,
@@ -151,7 +164,7 @@ class Broker:
         now = self.clock()
         lifetime = self.config.service.session_lifetime
         credentials = self._cached_or_vended(
-            provider_cfg, user, principal, now=now, session_ends_at=now + lifetime
+            provider_cfg, user, principal, now=now, session_ends_at=now + lifetime, origin=origin
         )
         record = self._session_record(
             provider_cfg,
@@ -163,7 +176,7 @@ class Broker:
             end_session_url=end_session_url,
             refresh_token_missing=refresh_token_missing,
         )
-        token = self.sessions.create(record)
+        token = self._create_session(record)
         log.info(
             "session started",
             extra={
@@ -202,7 +215,7 @@ class Broker:
             end_session_url=end_session_url,
             refresh_token_missing=refresh_token_missing,
         )
-        token = self.sessions.create(record)
+        token = self._create_session(record)
         log.info(
             "session started",
             extra={
@@ -214,6 +227,13 @@ class Broker:
             },
         )
         return token, record
+
+    def _create_session(self, record: SessionRecord) -> str:
+        """Store ``record`` as a new session; the session token. The record keeps the
+        provider's subject and session id, which the provider's logouts name."""
+        token = self.sessions.create(record)
+        telemetry.current().session_started(record.origin)
+        return token
 
     def describe_session(self, session_token: str | None) -> SessionRecord:
         """The live session of ``session_token``; ``Unauthenticated`` when there is none."""
@@ -261,6 +281,7 @@ class Broker:
             rechecked_at=now if refresh_token else None,
             end_session_url=end_session_url,
             refresh_token_missing=refresh_token_missing and not refresh_token,
+            upstream_session_id=upstream_session_id(provider_cfg.kind, principal.claims),
         )
 
     def refresh(self, session_token: str | None) -> Grant:
@@ -299,7 +320,12 @@ class Broker:
             login_token=record.login_token,
         )
         credentials = self._cached_or_vended(
-            provider_cfg, user, principal, now=now, session_ends_at=record.expires_at
+            provider_cfg,
+            user,
+            principal,
+            now=now,
+            session_ends_at=record.expires_at,
+            origin=record.origin,
         )
         return self.grant(record.provider, user, credentials)
 
@@ -311,9 +337,11 @@ class Broker:
         *,
         now: float,
         session_ends_at: float,
+        origin: str,
     ) -> VendedCredentials:
         """The user's cached credentials when they suit a session ending at
-        ``session_ends_at``; else freshly vended ones, which then become the cached ones."""
+        ``session_ends_at``; else freshly vended ones, which then become the cached ones.
+        Either way counted and audited."""
         key = self.user_cache_key(provider_cfg, user.user_id)
         identity = (
             (principal.login_key or "", principal.subject)
@@ -322,11 +350,41 @@ class Broker:
         )
         binding = self.credential_cache.binding(user.tags, identity)
         credentials = self.credential_cache.get(key, binding=binding, not_after=session_ends_at)
+        reused = credentials is not None
         if credentials is None:
             remaining = int(session_ends_at - now)
-            credentials = self.vend(provider_cfg, user, principal, max_duration=remaining)
+            try:
+                credentials = self.vend(provider_cfg, user, principal, max_duration=remaining)
+            except errors.BrokerError as error:
+                telemetry.current().vend(provider_cfg.name, provider_cfg.exchange, error.code)
+                raise
             self.credential_cache.put(key, credentials, binding=binding)
+        telemetry.current().vend(
+            provider_cfg.name, provider_cfg.exchange, "reused" if reused else "vended"
+        )
+        sts = provider_cfg.exchange == "sts"
+        audit.credentials_issued(
+            provider=provider_cfg.name,
+            user_id=user.user_id,
+            exchange=provider_cfg.exchange,
+            origin=origin,
+            role_arn=self._role_arn(provider_cfg),
+            source_identity=role_session_name(user.user_id) if sts else None,
+            tags=user.tags,
+            credentials=credentials,
+            reused=reused,
+            now=self.clock(),
+        )
         return credentials
+
+    def _role_arn(self, provider_cfg: ProviderBase) -> str | None:
+        """The role the credentials act as, where the broker knows it (a Cognito pool
+        without ``aws.cognito.role_arn`` picks its own)."""
+        aws = self.config.aws
+        if provider_cfg.exchange == "sts":
+            return provider_cfg.role_arn or (aws.sts.role_arn if aws.sts else None)
+        custom = provider_cfg.custom_role_arn if provider_cfg.exchange == "cognito" else None
+        return custom or (aws.cognito.role_arn if aws.cognito else None)
 
     def _recheck(
         self, session_token: str, record: SessionRecord, provider_cfg: ProviderBase, now: float
@@ -356,7 +414,7 @@ class Broker:
                     )
             except errors.ReauthenticationRequired:
                 with contextlib.suppress(errors.Unauthenticated):
-                    self.end_session(session_token)
+                    self.end_session(session_token, ended_by="recheck_refused")
                 raise
             record = record.model_copy(
                 update={"refresh_token": refreshed.refresh_token, "rechecked_at": now}
@@ -375,7 +433,12 @@ class Broker:
                         ),
                     }
                 )
-            self.sessions.update(session_token, record)
+            if not self.sessions.update(session_token, record):
+                # Logged out or revoked while the IdP answered: it stays ended.
+                raise errors.Unauthenticated(
+                    "no broker session, or it has ended",
+                    log_detail="the session ended during its re-check",
+                )
             log.info(
                 "session re-checked",
                 extra={"fields": {"provider": record.provider, "user_id": record.user_id}},
@@ -384,10 +447,16 @@ class Broker:
             self.store.delete(lock)
         return record
 
-    def end_session(self, session_token: str | None) -> SessionRecord:
+    def end_session(
+        self, session_token: str | None, *, ended_by: audit.EndedBy = "logout"
+    ) -> SessionRecord:
         """End the session (and drop its cached credentials); the ended record."""
         record = self.sessions.find(session_token)
-        if record is None or session_token is None or not self.sessions.end(session_token):
+        if (
+            record is None
+            or session_token is None
+            or not self.sessions.end(session_token, ended_by=ended_by)
+        ):
             raise errors.Unauthenticated("no broker session, or it has ended")
         provider_cfg = self.config.provider(record.provider)
         if provider_cfg is not None:

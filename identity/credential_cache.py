@@ -26,6 +26,7 @@ from typing import Final, Literal
 
 from pydantic import AwareDatetime, Field, TypeAdapter
 
+from identity import telemetry
 from identity.models import VendedCredentials
 from identity.records import StoredRecord, read_record
 from identity.sealing import Sealer
@@ -77,9 +78,15 @@ class CredentialCache:
 
     def get(self, key: str, *, binding: str, not_after: float) -> VendedCredentials | None:
         """The entry at ``key`` when it was vended for ``binding``, has 15 minutes left and
-        expires no later than ``not_after`` (the end of the session that receives it)."""
+        expires no later than ``not_after`` (the end of the session that receives it).
+        Counted as a hit or a miss while the cache is enabled."""
         if not self.enabled:
             return None
+        found = self._find(key, binding=binding, not_after=not_after)
+        telemetry.current().cache_lookup("credentials", found is not None)
+        return found
+
+    def _find(self, key: str, *, binding: str, not_after: float) -> VendedCredentials | None:
         sealed = self._store.get(key)
         if sealed is None:
             return None

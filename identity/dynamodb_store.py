@@ -48,8 +48,12 @@ _BATCH_GET_LIMIT = 100
 _BATCH_GET_ROUNDS = 8
 # Attempts of the incr protocol; each lost race means another caller made progress.
 _INCR_ATTEMPTS = 64
-_CONNECT_TIMEOUT = 2.0
-_READ_TIMEOUT = 5.0
+# A failing table answers 503 within about MAX_ATTEMPTS * (connect + read) seconds.
+CONNECT_TIMEOUT = 1.0
+READ_TIMEOUT = 2.0
+# Attempts per call, the first included: throttling and 5xx are retried once, with the
+# SDK's standard backoff.
+MAX_ATTEMPTS = 2
 _MAX_POOL_CONNECTIONS = 64
 _INIT_COMMAND = "chime-broker store init --config FILE"
 
@@ -70,9 +74,9 @@ def table_from_url(url: str) -> str:
 def _client(region: str, max_pool_connections: int = _MAX_POOL_CONNECTIONS) -> DynamoDBClient:
     config = Config(
         region_name=region,
-        connect_timeout=_CONNECT_TIMEOUT,
-        read_timeout=_READ_TIMEOUT,
-        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
+        retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
         max_pool_connections=max_pool_connections,
         user_agent_extra="chime-identity-broker",
     )
@@ -208,6 +212,25 @@ class DynamoDbStore:
                     TableName=self._table,
                     Item=self._item(key, value, now + ttl),
                     ConditionExpression="attribute_not_exists(#pk) OR #exp <= :now",
+                    ExpressionAttributeNames={"#pk": PARTITION_KEY, "#exp": _EXPIRY},
+                    ExpressionAttributeValues={":now": {"N": _number(now)}},
+                )
+            except ClientError as e:
+                if _error_code(e) == "ConditionalCheckFailedException":
+                    return False
+                raise
+        return True
+
+    def replace(self, key: str, value: bytes, ttl: float) -> bool:
+        check_value(value)
+        check_ttl(ttl)
+        now = self._clock()
+        with self._errors("PutItem") as dynamodb:
+            try:
+                dynamodb.put_item(
+                    TableName=self._table,
+                    Item=self._item(key, value, now + ttl),
+                    ConditionExpression="attribute_exists(#pk) AND #exp > :now",
                     ExpressionAttributeNames={"#pk": PARTITION_KEY, "#exp": _EXPIRY},
                     ExpressionAttributeValues={":now": {"N": _number(now)}},
                 )

@@ -45,6 +45,13 @@ class InvalidToken(BrokerError):
     code, title, status = "invalid_token", "Invalid token", 401
 
 
+class InvalidLogoutToken(BrokerError):
+    """A back-channel logout token failed verification: OIDC Back-Channel Logout 1.0
+    (2.8) has the identity provider told so with a 400, not a 401."""
+
+    code, title, status = "invalid_logout_token", "Invalid logout token", 400
+
+
 class ReauthenticationRequired(BrokerError):
     """The session can no longer vend without a new login."""
 
@@ -121,6 +128,24 @@ class UpstreamUnavailable(BrokerError):
     code, title, status = "upstream_unavailable", "Upstream unavailable", 503
 
 
+# Seconds a client is asked to wait after a store failure: about one reconnect attempt.
+STORE_RETRY_AFTER = 5
+
+
+class StoreUnavailable(UpstreamUnavailable):
+    """The state store failed: unreachable, timed out, throttled, read-only or locked.
+    Nothing was decided; the same request may succeed once the store is back."""
+
+    title = "State store unavailable"
+
+    def __init__(self, detail: str | None = None, *, log_detail: str | None = None) -> None:
+        super().__init__(
+            detail or "the broker's state store is unavailable; try again shortly",
+            log_detail=log_detail,
+            retry_after=STORE_RETRY_AFTER,
+        )
+
+
 class UpstreamTimeout(BrokerError):
     """AWS or the identity provider did not answer in time."""
 
@@ -136,4 +161,5 @@ class ConfigError(Exception):
 
 
 class StoreError(Exception):
-    """The state store could not be reached or answered wrongly."""
+    """The state store could not be reached or answered wrongly. Raised by every backend;
+    a request that meets one answers :class:`StoreUnavailable`."""

@@ -1,25 +1,139 @@
-"""Outbound HTTP to identity providers (JWKS, discovery, token inspection, SAML metadata):
-sessions that never retry on their own and never keep cookies, and bodies read with a cap."""
+"""Outbound HTTP to identity providers (discovery, JWKS, token, userinfo, token inspection,
+SAML metadata): sessions that keep no cookies, bodies read with a cap, and one retry policy.
+
+The retry policy: a connection that could not be made is tried once more at once (nothing
+was sent, so this is safe for a single-use code too); nothing is retried once a request was
+sent, so one call takes at most two connect timeouts and one read timeout
+(``aws.timeouts``). Callers answer 503/504 themselves, and the JWKS cache serves its last
+keys through an outage. Every call is timed and counted per operation
+(``identity.telemetry``); one that gets no answer, or a 5xx, is logged at warning with the
+operation and the host (never the URL's query, which may hold a token).
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.cookiejar import DefaultCookiePolicy
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
+from identity import telemetry
 from identity.errors import BrokerError, UpstreamTimeout, UpstreamUnavailable
 
+SessionT = TypeVar("SessionT", bound=requests.Session)
 
-def upstream_session(*, pool_maxsize: int) -> requests.Session:
-    """A session for one upstream: no automatic retries (callers back off or answer 503
-    themselves) and no cookie jar (one user's cookie must never ride along with another's)."""
-    session = requests.Session()
+log = logging.getLogger("chime_broker.idp")
+
+# Only a connection that was never made is retried: once, at once. ``read=False`` lets a
+# read timeout leave as itself (a 504), not as an exhausted retry (a 503).
+IDP_RETRY: Final = Retry(
+    total=1,
+    connect=1,
+    read=False,
+    status=0,
+    other=0,
+    redirect=0,
+    raise_on_redirect=False,
+    raise_on_status=False,
+    backoff_factor=0,
+)
+# The operations counted in metrics; a discovery document's URL counts as ``discovery``.
+IDP_OPERATIONS: Final = ("discovery", "jwks", "token", "userinfo", "inspection", "saml_metadata")
+_DISCOVERY_SUFFIXES: Final = (
+    "/.well-known/openid-configuration",
+    "/.well-known/oauth-authorization-server",
+)
+
+
+def upstream_session(*, pool_maxsize: int, operation: str) -> requests.Session:
+    """A session for one upstream ``operation`` (one of ``IDP_OPERATIONS``): the retry
+    policy above, and no cookie jar (one user's cookie must never ride along with
+    another's)."""
+    return as_upstream(requests.Session(), pool_maxsize=pool_maxsize, operation=operation)
+
+
+def as_upstream(session: SessionT, *, pool_maxsize: int, operation: str) -> SessionT:
+    """``session`` set up like every ``upstream_session``; for a library's own session
+    class (Authlib's ``OAuth2Session`` at the token endpoint, ``operation="token"``)."""
     session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_maxsize, max_retries=0)
+    adapter = ObservedAdapter(operation, pool_maxsize=pool_maxsize)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
+
+
+class ObservedAdapter(HTTPAdapter):
+    """Applies ``IDP_RETRY`` and counts every call as ``operation``."""
+
+    def __init__(self, operation: str, *, pool_maxsize: int) -> None:
+        super().__init__(pool_connections=2, pool_maxsize=pool_maxsize, max_retries=IDP_RETRY)
+        self.operation = operation
+
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        url = request.url or ""
+        discovery = urlsplit(url).path.endswith(_DISCOVERY_SUFFIXES)
+        operation = "discovery" if discovery else self.operation
+        started = time.monotonic()
+        with _counted_call(operation, url):
+            response = super().send(request, *args, **kwargs)
+        _count_answer(operation, url, response.status_code, time.monotonic() - started)
+        return response
+
+
+@contextmanager
+def _counted_call(operation: str, url: str) -> Iterator[None]:
+    """Count a call to an identity provider made in the block that gets no answer (a
+    ``requests`` error), and log it at warning."""
+    started = time.monotonic()
+    try:
+        yield
+    except requests.RequestException as error:
+        seconds = time.monotonic() - started
+        log.warning(
+            "identity provider call got no answer: %s %s",
+            operation,
+            type(error).__name__,
+            extra={"fields": _fields(operation, url, seconds, type(error).__name__)},
+        )
+        label = (
+            telemetry.NO_ANSWER_TIMEOUT
+            if isinstance(error, requests.Timeout)
+            else telemetry.NO_ANSWER_CONNECTION
+        )
+        telemetry.current().upstream_call("idp", operation, seconds, label)
+        raise
+
+
+def _count_answer(operation: str, url: str, status: int, seconds: float) -> None:
+    """Count a call to an identity provider that was answered; a 5xx is logged at warning."""
+    error = None if status < 400 else "http_5xx" if status >= 500 else "http_4xx"
+    if error == "http_5xx":
+        fields = {**_fields(operation, url, seconds, error), "http_status": status}
+        log.warning(
+            "identity provider call failed: %s HTTP %s",
+            operation,
+            status,
+            extra={"fields": fields},
+        )
+    telemetry.current().upstream_call("idp", operation, seconds, error)
+
+
+def _fields(operation: str, url: str, seconds: float, error: str) -> dict[str, Any]:
+    return {
+        "operation": operation,
+        "host": urlsplit(url).netloc,
+        "error_code": error,
+        "seconds": round(seconds, 3),
+    }
 
 
 def read_capped(response: requests.Response, limit: int) -> bytes | None:

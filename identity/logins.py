@@ -1,12 +1,14 @@
 """Browser sign-in: the login transaction between leaving for the identity provider and
 coming back, and the one-time codes that hand a finished login to a native app.
 
-A transaction (``state`` -> provider, ``return_to``, the native app's code challenge,
-when it began, and the protocol's secrets: OIDC nonce and PKCE verifier, or the SAML
-AuthnRequest id) is sealed in the store under a keyed hash of ``state``, lives
-``LOGIN_TTL`` seconds, is taken at most once, and only by the browser that began it: the
-caller passes the random value of that browser's pre-login cookie, and the transaction
-keeps only a keyed hash of it. For SAML, ``state`` travels as the RelayState.
+A transaction (``state``, provider, ``return_to``, the native app's code challenge, when
+it began, and the protocol's secrets: OIDC nonce and PKCE verifier, or the SAML
+AuthnRequest id) lives in the browser, sealed in a pre-login cookie of its own, so that
+starting a login writes nothing to the store: anonymous starts cannot fill it. Only the
+browser that began a login holds its cookie. ``state`` names the cookie and carries a
+keyed tag and the time it was issued, so an answer can be told apart from a forgery
+without the store. The answer spends the transaction once, in the store's replay cache,
+for the rest of its ``LOGIN_TTL`` seconds. For SAML, ``state`` travels as the RelayState.
 
 How a login ends (DESIGN §3): success is a new session and the way back to ``return_to``;
 a failure once a valid ``return_to`` is known goes back there with ``?error=<code>``;
@@ -25,14 +27,15 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from pydantic import Field, TypeAdapter
 
-from identity import errors
+from identity import errors, telemetry
 from identity.config.models import ProviderBase, ServiceConfig
 from identity.models import Grant, MappedUser, Principal
 from identity.providers.base import Endpoints, RedirectLogin, RedirectProvider, SamlProvider
@@ -44,11 +47,20 @@ from identity.store import Store
 log = logging.getLogger("chime_broker.logins")
 
 LOGIN_TTL: Final = 600
+# Pre-login cookies a browser keeps at once (a fifth login in flight drops the oldest);
+# with return_to bounded, each (name and value) stays under 1.4 KB, all under 5.5 KB.
+MAX_LOGINS_IN_FLIGHT: Final = 4
+MAX_RETURN_TO: Final = 512
 NATIVE_CODE_TTL: Final = 60
 NATIVE_CODE_PREFIX: Final = "cbn_"
-_TRANSACTION_KEY: Final = "login:"
+_SPENT_KEY: Final = "login-spent:"
 _NATIVE_KEY: Final = "native:"
-_STATE: Final = re.compile(r"[A-Za-z0-9_-]{32,128}")
+# A state is 16 random bytes, the issuing second (mod 2**32) and a 12-byte keyed tag:
+# 43 characters, which fit SAML's 80-byte RelayState.
+_STATE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+_STATE_RANDOM: Final = 16
+_STATE_TAG: Final = 12
+_SECONDS: Final = 2**32
 _NATIVE_CODE: Final = re.compile(r"cbn_[A-Za-z0-9_-]{32,96}")
 _CODE_CHALLENGE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 _CODE_VERIFIER: Final = re.compile(r"[A-Za-z0-9._~-]{43,128}")
@@ -56,8 +68,7 @@ _CODE_VERIFIER: Final = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 
 def s256(code_verifier: str) -> str:
     """The PKCE S256 challenge of ``code_verifier`` (RFC 7636, 4.2)."""
-    digest = hashlib.sha256(code_verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return str(create_s256_code_challenge(code_verifier))
 
 
 def with_query(url: str, **params: str) -> str:
@@ -70,13 +81,13 @@ def with_query(url: str, **params: str) -> str:
 
 
 class LoginTransaction(StoredRecord):
-    """One browser login in flight. ``binding`` is the keyed hash of the pre-login cookie;
-    an OIDC login keeps ``nonce`` and ``code_verifier``, a SAML login ``saml_request_id``."""
+    """One browser login in flight, as its pre-login cookie holds it. An OIDC login keeps
+    ``nonce`` and ``code_verifier``, a SAML login ``saml_request_id``."""
 
     v: Literal[1] = 1
+    state: str = Field(repr=False)
     provider: str
     return_to: str
-    binding: str = Field(repr=False)
     created_at: float
     nonce: str = Field(default="", repr=False)
     code_verifier: str = Field(default="", repr=False)
@@ -88,15 +99,26 @@ _TRANSACTION: Final = TypeAdapter(LoginTransaction)
 
 
 @dataclass(frozen=True)
+class PreLoginCookie:
+    """A change to one of the browser's pre-login cookies: ``slot`` names the cookie (one
+    per login in flight), ``value`` is the sealed transaction to set, or None to remove it."""
+
+    slot: str
+    value: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class LoginStep:
     """Where the browser goes next. ``session_token`` is set when a browser session began
     (the HTTP layer puts it in the session cookie, valid until ``session_expires_at``);
-    ``error`` is the problem code when the login failed and goes back with ``?error=``."""
+    ``error`` is the problem code when the login failed and goes back with ``?error=``;
+    ``pre_login`` are the pre-login cookies to set or remove."""
 
     redirect_to: str
     session_token: str | None = field(default=None, repr=False)
     session_expires_at: float | None = None
     error: str | None = None
+    pre_login: tuple[PreLoginCookie, ...] = ()
 
 
 class NativeHandoff(StoredRecord):
@@ -131,108 +153,164 @@ class SignInNotUsable(errors.InvalidRequest):
 
 
 class LoginTransactions:
-    """Login transactions in the store, sealed; each taken at most once."""
+    """Login transactions sealed for the browser's pre-login cookies, each spent at most
+    once in the store's replay cache."""
 
     def __init__(self, store: Store, sealer: Sealer) -> None:
         self._store = store
         self._sealer = sealer
 
-    def binding(self, pre_login_value: str) -> str:
-        """What a transaction keeps of the browser's pre-login cookie."""
-        return self._sealer.key_hash("pre-login", pre_login_value)
+    def new_state(self, now: float) -> str:
+        """A fresh ``state``: random, stamped with ``now``, tagged under the newest secret."""
+        body = secrets.token_bytes(_STATE_RANDOM) + (int(now) % _SECONDS).to_bytes(4, "big")
+        return _b64(body + self._tags(body)[0])
 
-    def bindings(self, pre_login_value: str) -> list[str]:
-        """``binding`` under each secret, newest first: a transaction begun before a
-        rotation of ``service.secret_key`` keeps the binding under the older one."""
-        return self._sealer.key_hashes("pre-login", pre_login_value)
+    def slot(self, state: str) -> str:
+        """The name of ``state``'s pre-login cookie (below the cookie's base name)."""
+        return _b64(hashlib.sha256(state.encode()).digest()[:12])
 
-    @staticmethod
-    def new_state() -> str:
-        """A fresh random ``state`` (43 characters: it fits SAML's 80-byte RelayState)."""
-        return secrets.token_urlsafe(32)
+    def seal(self, transaction: LoginTransaction) -> PreLoginCookie:
+        """The pre-login cookie that holds ``transaction``."""
+        slot = self.slot(transaction.state)
+        sealed = self._sealer.seal(_TRANSACTION.dump_json(transaction), context=_context(slot))
+        return PreLoginCookie(slot, _b64(sealed))
 
-    def begin(self, transaction: LoginTransaction, *, state: str | None = None) -> str:
-        """Store ``transaction`` under ``state`` (from ``new_state``; a new one when not
-        given) and return the state."""
-        state = state if state is not None else self.new_state()
-        key = self._key(state)
-        body = _TRANSACTION.dump_json(transaction)
-        self._store.set(key, self._sealer.seal(body, context=key), LOGIN_TTL)
-        return state
+    def spent(self, state: str) -> PreLoginCookie:
+        """The removal of ``state``'s pre-login cookie once its transaction is spent."""
+        return PreLoginCookie(self.slot(state))
 
-    def pending(self, state: str | None) -> bool:
-        """Whether ``state`` names a transaction in the store (of any browser), without
-        taking it."""
-        if not state or not _STATE.fullmatch(state):
+    def pruned(self, in_flight: Mapping[str, str], *, now: float) -> list[PreLoginCookie]:
+        """Removals that leave room for one more login among the browser's ``in_flight``
+        cookies (by slot): unreadable and expired ones, and the oldest beyond the bound."""
+        live: list[tuple[float, str]] = []
+        removed: list[PreLoginCookie] = []
+        for slot, value in in_flight.items():
+            transaction = self._open(slot, value)
+            if transaction is None or now - transaction.created_at > LOGIN_TTL:
+                removed.append(PreLoginCookie(slot))
+            else:
+                live.append((transaction.created_at, slot))
+        live.sort(reverse=True)
+        removed.extend(PreLoginCookie(slot) for _, slot in live[MAX_LOGINS_IN_FLIGHT - 1 :])
+        return removed
+
+    def pending(self, state: str | None, *, now: float) -> bool:
+        """Whether ``state`` names a transaction issued here (in any browser) that is
+        neither expired nor spent."""
+        if state is None:
             return False
-        return self._find(state)[1] is not None
+        issued = self._issued(state)
+        return issued is not None and not _late(issued, now) and not self._was_spent(state)
 
     def take(
-        self, state: str | None, *, provider: str, binding: str | Sequence[str], now: float
+        self, state: str | None, *, provider: str, in_flight: Mapping[str, str], now: float
     ) -> LoginTransaction:
-        """The transaction of ``state``, removed from the store.
+        """The transaction of ``state`` from the browser's ``in_flight`` pre-login cookies
+        (by slot), spent in the replay cache.
 
-        Raises ``InvalidRequest`` when there is no such live transaction (missing, unknown,
-        already used or expired), and, leaving it in place for its own browser, when it was
-        begun by another browser or for another provider.
+        Raises ``SignInNotUsable`` when there is no such live transaction (missing, forged,
+        already used or expired), and, leaving it unspent, when this browser did not begin
+        it or began it for another provider.
         """
         if not state or not _STATE.fullmatch(state):
             raise SignInNotUsable("the sign-in answer has no valid state", reason="no_state")
-        key, transaction = self._find(state)
-        if transaction is None:
+        issued = self._issued(state)
+        if issued is None:
             raise SignInNotUsable(
                 "unknown, used or expired sign-in; start again",
                 reason="unknown",
-                log_detail="state not found",
+                log_detail="state not issued here",
             )
-        accepted = [binding] if isinstance(binding, str) else list(binding)
-        # every candidate is compared, so the time taken does not tell which one matched
-        matches = [hmac.compare_digest(transaction.binding, b) for b in accepted]
-        if not any(matches):
-            raise SignInNotUsable(
-                "this sign-in was started in another browser; start again",
-                reason="other_browser",
-                log_detail="pre-login cookie does not match the transaction",
-            )
+        value = in_flight.get(self.slot(state))
+        transaction = self._open(self.slot(state), value) if value is not None else None
+        if transaction is None or not hmac.compare_digest(transaction.state, state):
+            raise self._not_in_this_browser(state, issued, now, cookie=value is not None)
         if transaction.provider != provider:
             raise SignInNotUsable(
                 "this sign-in was started for another provider",
                 reason="other_provider",
                 log_detail=f"state of {transaction.provider!r} returned to {provider!r}",
             )
-        # Only one of several concurrent answers with the same state gets it.
-        if self._store.get_and_delete(key) is None:
-            raise SignInNotUsable(
-                "unknown, used or expired sign-in; start again",
-                reason="used",
-                log_detail="state already used",
-            )
-        if now - transaction.created_at > LOGIN_TTL:
+        remaining = transaction.created_at + LOGIN_TTL - now
+        if remaining <= 0:
             raise SignInNotUsable(
                 "unknown, used or expired sign-in; start again",
                 reason="expired",
                 log_detail="state expired",
             )
+        # Only one of several answers with the same state (concurrent or replayed) gets it.
+        if not self._store.set_if_absent(self._spent_key(state), b"1", max(remaining, 1)):
+            raise SignInNotUsable(
+                "unknown, used or expired sign-in; start again",
+                reason="used",
+                log_detail="state already used",
+            )
         return transaction
 
-    def _read(self, key: str) -> LoginTransaction | None:
-        sealed = self._store.get(key)
-        if sealed is None:
+    def _not_in_this_browser(
+        self, state: str, issued: int, now: float, *, cookie: bool
+    ) -> SignInNotUsable:
+        """Why a state issued here has no readable transaction in this browser."""
+        stale = "unknown, used or expired sign-in; start again"
+        if cookie:
+            return SignInNotUsable(
+                stale, reason="unknown", log_detail="pre-login cookie unreadable"
+            )
+        if self._was_spent(state):
+            return SignInNotUsable(stale, reason="unknown", log_detail="state already used")
+        if _late(issued, now):
+            return SignInNotUsable(stale, reason="expired", log_detail="state expired")
+        return SignInNotUsable(
+            "this sign-in was started in another browser; start again",
+            reason="other_browser",
+            log_detail="no pre-login cookie for the state",
+        )
+
+    def _issued(self, state: str) -> int | None:
+        """The second (mod 2**32) at which ``state`` was issued, when its tag verifies under
+        one of the secrets; None for anything not issued here."""
+        if not _STATE.fullmatch(state):
             return None
-        return read_record(_TRANSACTION, self._sealer.open(sealed, context=key))
+        raw = base64.urlsafe_b64decode(state + "=")
+        body, tag = raw[:-_STATE_TAG], raw[-_STATE_TAG:]
+        if _b64(raw) != state:
+            return None
+        # every secret's tag is compared, so the time taken does not tell which one matched
+        matches = [hmac.compare_digest(tag, expected) for expected in self._tags(body)]
+        return int.from_bytes(body[_STATE_RANDOM:], "big") if any(matches) else None
 
-    def _key(self, state: str) -> str:
-        return _TRANSACTION_KEY + self._sealer.key_hash("login-state", state)
+    def _tags(self, body: bytes) -> list[bytes]:
+        hashes = self._sealer.key_hashes("login-state", body.hex())
+        return [bytes.fromhex(h)[:_STATE_TAG] for h in hashes]
 
-    def _find(self, state: str) -> tuple[str, LoginTransaction | None]:
-        """The store key of ``state``'s transaction and the transaction, looked up under
-        each secret's key, newest first; the newest key and None when there is none."""
-        keys = [_TRANSACTION_KEY + h for h in self._sealer.key_hashes("login-state", state)]
-        for key in keys:
-            transaction = self._read(key)
-            if transaction is not None:
-                return key, transaction
-        return keys[0], None
+    def _open(self, slot: str, value: str) -> LoginTransaction | None:
+        try:
+            sealed = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        except ValueError:
+            return None
+        return read_record(_TRANSACTION, self._sealer.open(sealed, context=_context(slot)))
+
+    def _was_spent(self, state: str) -> bool:
+        return self._store.get(self._spent_key(state)) is not None
+
+    @staticmethod
+    def _spent_key(state: str) -> str:
+        # A plain digest: the same key under every secret, so a rotation cannot reopen it.
+        return _SPENT_KEY + hashlib.sha256(state.encode()).hexdigest()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _context(slot: str) -> str:
+    """What a pre-login cookie's sealed value is bound to: its own slot."""
+    return "pre-login:" + slot
+
+
+def _late(issued: int, now: float) -> bool:
+    """Whether a state issued at second ``issued`` (mod 2**32) is past ``LOGIN_TTL``."""
+    return (int(now) - issued) % _SECONDS > LOGIN_TTL
 
 
 class NativeCodes:
@@ -353,8 +431,13 @@ class BrowserLogins:
         return self._endpoints.callback_url(provider)
 
     def return_to(self, requested: str | None) -> str | None:
-        """``requested`` when ``service.allowed_return_to`` allows it, else the default."""
-        if requested is not None and self._service.return_to_allowed(requested):
+        """``requested`` when ``service.allowed_return_to`` allows it (and it is at most
+        ``MAX_RETURN_TO`` characters, to fit the pre-login cookie), else the default."""
+        if (
+            requested is not None
+            and len(requested) <= MAX_RETURN_TO
+            and self._service.return_to_allowed(requested)
+        ):
             return requested
         return self._service.effective_default_return_to
 
@@ -362,12 +445,14 @@ class BrowserLogins:
         self,
         provider: str,
         *,
-        pre_login: str,
+        in_flight: Mapping[str, str],
         return_to: str | None,
         code_challenge: str | None = None,
         code_challenge_method: str | None = None,
     ) -> LoginStep:
-        """Open a transaction bound to ``pre_login`` and return the way to the provider.
+        """Open a transaction and return the way to the provider, with the pre-login cookie
+        that holds the transaction (and the removal of ``in_flight`` cookies, by slot, that
+        are stale or beyond ``MAX_LOGINS_IN_FLIGHT``). Nothing is written to the store.
 
         Raises ``InvalidRequest`` when there is nowhere valid to come back to (no allowed
         ``return_to`` at all, or a native login whose ``return_to`` is not allowed).
@@ -396,63 +481,64 @@ class BrowserLogins:
                     "and code_challenge_method S256"
                 )
             self._sessions.provider_config(provider)
+            now = self._clock()
             transaction = LoginTransaction(
+                state=self.transactions.new_state(now),
                 provider=provider,
                 return_to=destination,
-                binding=self.transactions.binding(pre_login),
-                created_at=self._clock(),
+                created_at=now,
                 native_challenge=code_challenge if native else None,
             )
             saml = self._saml_providers.get(provider)
             if saml is not None:
-                url = self._begin_saml(saml, transaction)
+                url, transaction = self._begin_saml(saml, transaction)
             else:
-                url = self._begin_redirect(self._provider(provider), transaction)
+                url, transaction = self._begin_redirect(self._provider(provider), transaction)
         except errors.BrokerError as error:
             return self._failed(provider, destination, error)
-        return LoginStep(redirect_to=url)
+        pruned = self.transactions.pruned(in_flight, now=now)
+        return LoginStep(redirect_to=url, pre_login=(*pruned, self.transactions.seal(transaction)))
 
-    def _begin_redirect(self, provider: RedirectProvider, transaction: LoginTransaction) -> str:
+    def _begin_redirect(
+        self, provider: RedirectProvider, transaction: LoginTransaction
+    ) -> tuple[str, LoginTransaction]:
         code_verifier = secrets.token_urlsafe(48)
         nonce = secrets.token_urlsafe(32)
-        state = self.transactions.begin(
-            transaction.model_copy(update={"nonce": nonce, "code_verifier": code_verifier})
-        )
-        return provider.authorization_url(
+        url = provider.authorization_url(
             redirect_uri=self.redirect_uri(transaction.provider),
-            state=state,
+            state=transaction.state,
             nonce=nonce,
             code_challenge=s256(code_verifier),
         )
+        return url, transaction.model_copy(update={"nonce": nonce, "code_verifier": code_verifier})
 
-    def _begin_saml(self, provider: SamlProvider, transaction: LoginTransaction) -> str:
-        # The transaction's state is the RelayState; the AuthnRequest id is known only
-        # once the request is built, so the state comes first.
-        state = self.transactions.new_state()
-        url, request_id = provider.authorization_request(state)
-        self.transactions.begin(
-            transaction.model_copy(update={"saml_request_id": request_id}), state=state
-        )
-        return url
+    def _begin_saml(
+        self, provider: SamlProvider, transaction: LoginTransaction
+    ) -> tuple[str, LoginTransaction]:
+        # The state is the RelayState; the AuthnRequest id is known once the request is built.
+        url, request_id = provider.authorization_request(transaction.state)
+        return url, transaction.model_copy(update={"saml_request_id": request_id})
 
     def complete(
         self,
         provider: str,
         params: Mapping[str, str],
         *,
-        pre_login: str | None,
+        in_flight: Mapping[str, str],
         previous_session: str | None = None,
     ) -> LoginStep:
-        """Finish the login the provider's answer ``params`` belongs to.
+        """Finish the login the provider's answer ``params`` belongs to, whose transaction
+        is among the browser's ``in_flight`` pre-login cookies (by slot).
 
         Raises ``InvalidRequest`` (or ``UnknownProvider``) when the provider has no redirect
         login (a SAML provider answers at its ACS) or the answer has no live transaction of
         this browser and provider; every later failure goes back to the transaction's
-        ``return_to`` with ``?error=``. A browser session replaces ``previous_session``,
-        which ends: a session id never survives a login.
+        ``return_to`` with ``?error=``. Either way once the transaction is spent, its cookie
+        goes. A browser session replaces ``previous_session``, which ends: a session id
+        never survives a login.
         """
         redirect_provider = self._provider(provider)
-        transaction = self._take(provider, params.get("state"), pre_login)
+        transaction = self._take(provider, params.get("state"), in_flight)
         try:
             login = redirect_provider.finish(
                 redirect_uri=self.redirect_uri(provider),
@@ -460,7 +546,7 @@ class BrowserLogins:
                 code_verifier=transaction.code_verifier,
                 nonce=transaction.nonce,
             )
-            return self._signed_in(
+            step = self._signed_in(
                 provider,
                 login,
                 return_to=transaction.return_to,
@@ -468,21 +554,22 @@ class BrowserLogins:
                 previous_session=previous_session,
             )
         except errors.BrokerError as error:
-            return self._failed(provider, transaction.return_to, error)
+            step = self._failed(provider, transaction.return_to, error)
+        return replace(step, pre_login=(self.transactions.spent(transaction.state),))
 
     def complete_saml(
         self,
         provider: str,
         form: Mapping[str, str],
         *,
-        pre_login: str | None,
+        in_flight: Mapping[str, str],
         previous_session: str | None = None,
     ) -> LoginStep:
         """Finish a SAML sign-in from the form posted to the ACS (``SAMLResponse``,
-        ``RelayState``).
+        ``RelayState``), with the browser's ``in_flight`` pre-login cookies (by slot).
 
         A RelayState naming a live transaction must come from the browser that began it
-        for this provider (``InvalidRequest`` otherwise, the transaction left in place);
+        for this provider (``InvalidRequest`` otherwise, the transaction left unspent);
         the transaction is then spent, and the response must answer its AuthnRequest.
         Every later failure goes back to its ``return_to`` with ``?error=``.
 
@@ -493,9 +580,9 @@ class BrowserLogins:
         """
         saml = self.saml_provider(provider)
         relay_state = form.get("RelayState")
-        if not self.transactions.pending(relay_state):
+        if not self.transactions.pending(relay_state, now=self._clock()):
             return self._idp_initiated(saml, form, previous_session)
-        transaction = self._take(provider, relay_state, pre_login)
+        transaction = self._take(provider, relay_state, in_flight)
         try:
             saml_response = form.get("SAMLResponse")
             if not saml_response:
@@ -505,7 +592,7 @@ class BrowserLogins:
             principal = saml.finish(
                 saml_response, request_id=transaction.saml_request_id, relay_state=relay_state
             )
-            return self._signed_in(
+            step = self._signed_in(
                 provider,
                 RedirectLogin(principal),
                 return_to=transaction.return_to,
@@ -513,7 +600,8 @@ class BrowserLogins:
                 previous_session=previous_session,
             )
         except errors.BrokerError as error:
-            return self._failed(provider, transaction.return_to, error)
+            step = self._failed(provider, transaction.return_to, error)
+        return replace(step, pre_login=(self.transactions.spent(transaction.state),))
 
     def saml_provider(self, name: str) -> SamlProvider:
         """The SAML provider ``name``; ``UnknownProvider`` when there is none of that kind."""
@@ -549,12 +637,11 @@ class BrowserLogins:
             previous_session=previous_session,
         )
 
-    def _take(self, provider: str, state: str | None, pre_login: str | None) -> LoginTransaction:
+    def _take(
+        self, provider: str, state: str | None, in_flight: Mapping[str, str]
+    ) -> LoginTransaction:
         return self.transactions.take(
-            state,
-            provider=provider,
-            binding=self.transactions.bindings(pre_login) if pre_login else "",
-            now=self._clock(),
+            state, provider=provider, in_flight=in_flight, now=self._clock()
         )
 
     def _signed_in(
@@ -631,10 +718,15 @@ class BrowserLogins:
         scheme = parts.scheme if ":" in url else ""
         if scheme == "http" and parts.hostname not in ("127.0.0.1", "::1"):
             return False
+        if len(url) > MAX_RETURN_TO:
+            return False
         return self._service.return_to_allowed(url, native=True)
 
     def _failed(self, provider: str, return_to: str, error: errors.BrokerError) -> LoginStep:
-        log.info(
+        telemetry.current().login_refused(error.code)
+        # An IdP or AWS that failed is the operator's to see; a refused user is not.
+        log.log(
+            logging.WARNING if error.status >= 500 else logging.INFO,
             "browser sign-in failed: %s",
             error.detail,
             extra={

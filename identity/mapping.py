@@ -29,7 +29,7 @@ from identity.limits import (
     first_bad_tag_char,
 )
 from identity.models import MappedUser, Principal
-from identity.templates import Template, is_claim_path, lookup
+from identity.templates import Template, claim_path_problem, is_claim_path, lookup
 
 _SHOWN_MAX: Final = 40
 # Bidirectional embeddings, overrides and isolates: they let a name display as another.
@@ -279,7 +279,7 @@ class RequirePolicy:
         for claim, spec in (rules or {}).items():
             rule_path = f"{path}.{claim}"
             if not isinstance(claim, str) or not is_claim_path(claim):
-                problems.append(f"{rule_path}: not a valid claim name or dotted path")
+                problems.append(f"{rule_path}: {claim_path_problem(str(claim))}")
                 continue
             compiled.extend(_compile_rule(claim, spec, rule_path, problems))
         if problems:

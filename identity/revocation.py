@@ -1,11 +1,13 @@
 """Ending sessions from outside a request: "not before" markers and the per-user index.
 
-A revocation writes one constant-size marker — for a user of a provider, for a provider, or
-for every session — holding the time of the revocation. A session created at or before the
-newest marker that covers it reads as ended. The three markers that may cover a session are
-read with one :meth:`~identity.store.Store.get_many`, so a session lookup costs one extra
-round trip to the store, whatever the number of sessions. A marker lives as long as a session
-can (``service.session_lifetime``): after that, every session it covers has expired anyway.
+A revocation writes one constant-size marker — for a user of a provider, for a provider, for
+every session, or for what an identity provider's logout names (its own session id, or its
+subject) — holding the time of the revocation. A session created at or before the newest
+marker that covers it reads as ended. The markers that may cover a session are read with one
+:meth:`~identity.store.Store.get_many`, so a session lookup costs one extra round trip to
+the store, whatever the number of sessions, and a login writes nothing for its logouts. A
+marker lives as long as a session can (``service.session_lifetime``): after that, every
+session it covers has expired anyway.
 
 The per-user index lists the hashes, creation and expiry times of a user's sessions so that
 they can be counted and ended without scanning the store. It is updated when a session is
@@ -31,6 +33,8 @@ from identity.store import Store
 _USER_MARKER = "revoked:user:"
 _PROVIDER_MARKER = "revoked:provider:"
 _ALL_MARKER = "revoked:all"
+_UPSTREAM_SESSION_MARKER = "revoked:upstream-session:"
+_UPSTREAM_SUBJECT_MARKER = "revoked:upstream-subject:"
 _INDEX = "sessions-of:"
 # An index update holds a short lock so that two brokers adding sessions of the same user at
 # once do not lose one; a lock not had after this long is ignored (it only guards a count).
@@ -86,15 +90,40 @@ class Revocations:
     def _provider_keys(self, provider: str) -> list[str]:
         return [_PROVIDER_MARKER + h for h in self._sealer.key_hashes("revoked-provider", provider)]
 
-    def not_before(self, provider: str, user_id: str) -> float | None:
-        """The newest revocation time covering ``user_id`` of ``provider``, or None."""
+    def _upstream_keys(self, prefix: str, provider: str, value: str) -> list[str]:
+        return [prefix + h for h in self._sealer.key_hashes(prefix, provider, value)]
+
+    def not_before(
+        self,
+        provider: str,
+        user_id: str,
+        *,
+        upstream_session_id: str | None = None,
+        subject: str | None = None,
+    ) -> float | None:
+        """The newest revocation time covering ``user_id`` of ``provider`` (or, when given,
+        the provider's own session ``upstream_session_id`` or ``subject``), or None."""
         keys = [*self._user_keys(provider, user_id), *self._provider_keys(provider), _ALL_MARKER]
+        if upstream_session_id is not None:
+            keys += self._upstream_keys(_UPSTREAM_SESSION_MARKER, provider, upstream_session_id)
+        if subject is not None:
+            keys += self._upstream_keys(_UPSTREAM_SUBJECT_MARKER, provider, subject)
         times = [t for t in map(_marker_time, self._store.get_many(keys)) if t is not None]
         return max(times) if times else None
 
-    def covers(self, provider: str, user_id: str, created_at: float) -> bool:
+    def covers(
+        self,
+        provider: str,
+        user_id: str,
+        created_at: float,
+        *,
+        upstream_session_id: str | None = None,
+        subject: str | None = None,
+    ) -> bool:
         """True when a session created at ``created_at`` has been revoked."""
-        revoked = self.not_before(provider, user_id)
+        revoked = self.not_before(
+            provider, user_id, upstream_session_id=upstream_session_id, subject=subject
+        )
         return revoked is not None and created_at <= revoked
 
     def revoke_user(self, provider: str, user_id: str, *, at: float, ttl: float) -> None:
@@ -107,6 +136,20 @@ class Revocations:
 
     def revoke_all(self, *, at: float, ttl: float) -> None:
         self._mark(_ALL_MARKER, at, ttl)
+
+    def revoke_upstream_session(
+        self, provider: str, session_id: str, *, at: float, ttl: float
+    ) -> None:
+        """End the sessions opened under the provider's own session ``session_id``."""
+        for key in self._upstream_keys(_UPSTREAM_SESSION_MARKER, provider, session_id):
+            self._mark(key, at, ttl)
+
+    def revoke_upstream_subject(
+        self, provider: str, subject: str, *, at: float, ttl: float
+    ) -> None:
+        """End the sessions of the provider's ``subject``, whatever user id it mapped to."""
+        for key in self._upstream_keys(_UPSTREAM_SUBJECT_MARKER, provider, subject):
+            self._mark(key, at, ttl)
 
     def _mark(self, key: str, at: float, ttl: float) -> None:
         # A marker never moves back: an earlier time would revive sessions it had ended.

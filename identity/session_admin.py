@@ -11,14 +11,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from identity.broker import Broker
 from identity.config.document import BrokerConfig
+from identity.config.models import ProviderBase
+from identity.credential_cache import CredentialCache
 from identity.revocation import deny_statement, rfc3339
+from identity.sessions import SessionManager
 from identity.vending.sts import role_session_name
 
 POLICY_VERSION = "2012-10-17"
+
+
+class BrokerSessions(Protocol):
+    """What session administration needs of ``identity.broker.Broker`` (which records
+    upstream logins through a module that revokes through this one)."""
+
+    config: BrokerConfig
+    sessions: SessionManager
+    credential_cache: CredentialCache
+
+    def clock(self) -> float: ...
+
+    def user_cache_key(self, provider_cfg: ProviderBase, user_id: str) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -62,7 +77,7 @@ def user_condition(config: BrokerConfig, provider: str, user_id: str) -> tuple[s
     return (f"aws:PrincipalTag/{config.chime.user_tag}", user_id)
 
 
-def revoke_user(broker: Broker, user_id: str, provider: str | None = None) -> Revoked:
+def revoke_user(broker: BrokerSessions, user_id: str, provider: str | None = None) -> Revoked:
     """Revoke every session of ``user_id`` (of ``provider``, or of every provider)."""
     config = broker.config
     names = _provider_names(config, provider)
@@ -95,7 +110,7 @@ def revoke_user(broker: Broker, user_id: str, provider: str | None = None) -> Re
     return Revoked(at, scope, ended, dropped, statements)
 
 
-def revoke_provider(broker: Broker, provider: str) -> Revoked:
+def revoke_provider(broker: BrokerSessions, provider: str) -> Revoked:
     """Revoke every session of every user of ``provider``."""
     _provider_names(broker.config, provider)
     at = broker.clock()
@@ -105,20 +120,20 @@ def revoke_provider(broker: Broker, provider: str) -> Revoked:
     return Revoked(at, {"provider": provider}, statements=[deny_statement(at)])
 
 
-def revoke_all(broker: Broker) -> Revoked:
+def revoke_all(broker: BrokerSessions) -> Revoked:
     """Revoke every session of the broker."""
     at = broker.clock()
     broker.sessions.revocations.revoke_all(at=at, ttl=broker.config.service.session_lifetime)
     return Revoked(at, {"all": "true"}, statements=[deny_statement(at)])
 
 
-def list_user(broker: Broker, user_id: str, provider: str | None = None) -> dict[str, Any]:
+def list_user(broker: BrokerSessions, user_id: str, provider: str | None = None) -> dict[str, Any]:
     """The user's live sessions: count, and per session its provider and times."""
     sessions: list[dict[str, Any]] = []
     for name in _provider_names(broker.config, provider):
-        not_before = broker.sessions.revocations.not_before(name, user_id)
         for entry in broker.sessions.index.live(name, user_id):
-            if not_before is not None and entry.created_at <= not_before:
+            # Revoked (by any marker: the user's, or the provider's own logout) or ended.
+            if broker.sessions.find_by_hash(entry.session_hash) is None:
                 continue
             sessions.append(
                 {

@@ -14,6 +14,7 @@ from typing import Any, Final, Literal
 
 from pydantic import Field, TypeAdapter
 
+from identity import audit, telemetry
 from identity.records import StoredRecord, read_record
 from identity.revocation import Revocations, SessionIndex
 from identity.sealing import Sealer, token_hash
@@ -45,12 +46,27 @@ class SessionRecord(StoredRecord):
     # offline_access was asked for and the provider gave no refresh token: no re-checks.
     refresh_token_missing: bool = False
     end_session_url: str | None = None
+    # The provider's own session id at login (OIDC sid, SAML SessionIndex), for its logouts.
+    upstream_session_id: str | None = None
 
     def remaining(self, now: float) -> float:
         return self.expires_at - now
 
 
 _SESSION: Final = TypeAdapter(SessionRecord)
+
+
+def _audit_end(record: SessionRecord, ended_by: audit.EndedBy) -> None:
+    telemetry.current().session_ended(record.origin)
+    audit.session_ended(
+        provider=record.provider,
+        user_id=record.user_id,
+        origin=record.origin,
+        tags=record.tags,
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        ended_by=ended_by,
+    )
 
 
 class SessionManager:
@@ -78,22 +94,43 @@ class SessionManager:
         stored as a record this version does not read)."""
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 128:
             return None
-        key = token_hash(token)
-        sealed = self._store.get(_KEY_PREFIX + key)
+        return self.find_by_hash(token_hash(token))
+
+    def find_by_hash(self, session_hash: str) -> SessionRecord | None:
+        """The live session stored under ``session_hash`` (a token's hash, as the per-user
+        index lists it), or None."""
+        sealed = self._store.get(_KEY_PREFIX + session_hash)
         if sealed is None:
             return None
-        record = read_record(_SESSION, self._sealer.open(sealed, context=_KEY_PREFIX + key))
-        if record is None or record.expires_at <= self._clock():
-            return None
-        if self.revocations.covers(record.provider, record.user_id, record.created_at):
+        context = _KEY_PREFIX + session_hash
+        record = read_record(_SESSION, self._sealer.open(sealed, context=context))
+        if record is None or record.expires_at <= self._clock() or self._revoked(record):
             return None
         return record
 
-    def update(self, token: str, record: SessionRecord) -> None:
-        self._write(token_hash(token), record)
+    def update(self, token: str, record: SessionRecord) -> bool:
+        """Rewrite the live session of ``token`` as ``record``; False, writing nothing, when
+        it has ended meanwhile (logged out, revoked or expired), so it stays ended."""
+        key = token_hash(token)
+        ttl = record.expires_at - self._clock()
+        if ttl <= 0:
+            return False
+        sealed = self._sealer.seal(_SESSION.dump_json(record), context=_KEY_PREFIX + key)
+        if not self._store.replace(_KEY_PREFIX + key, sealed, ttl):
+            return False
+        return not self._revoked(record)
 
-    def end(self, token: str | None) -> bool:
-        """End the session; True when there was one."""
+    def _revoked(self, record: SessionRecord) -> bool:
+        return self.revocations.covers(
+            record.provider,
+            record.user_id,
+            record.created_at,
+            upstream_session_id=record.upstream_session_id,
+            subject=record.subject,
+        )
+
+    def end(self, token: str | None, *, ended_by: audit.EndedBy = "logout") -> bool:
+        """End the session (audited as ``ended_by``); True when there was one."""
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 128:
             return False
         key = token_hash(token)
@@ -103,6 +140,7 @@ class SessionManager:
         record = read_record(_SESSION, self._sealer.open(sealed, context=_KEY_PREFIX + key))
         if record is not None:
             self.index.remove(record.provider, record.user_id, [key])
+            _audit_end(record, ended_by)
         return True
 
     def end_by_hash(self, session_hash: str) -> SessionRecord | None:
@@ -112,7 +150,10 @@ class SessionManager:
         if sealed is None:
             return None
         context = _KEY_PREFIX + session_hash
-        return read_record(_SESSION, self._sealer.open(sealed, context=context))
+        record = read_record(_SESSION, self._sealer.open(sealed, context=context))
+        if record is not None:
+            _audit_end(record, "revocation")
+        return record
 
     def _write(self, key: str, record: SessionRecord) -> None:
         ttl = record.expires_at - self._clock()

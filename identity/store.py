@@ -70,6 +70,11 @@ class Store(Protocol):
         """Store ``value`` only if ``key`` is absent or expired; True for exactly one caller."""
         ...
 
+    def replace(self, key: str, value: bytes, ttl: float) -> bool:
+        """Store ``value`` for ``ttl`` seconds only if ``key`` holds a live value; False
+        (and nothing written) when it is absent, expired or deleted meanwhile."""
+        ...
+
     def get_and_delete(self, key: str) -> bytes | None:
         """Remove ``key`` and return its value; of racing callers only one gets the value."""
         ...
@@ -160,6 +165,16 @@ class MemoryStore:
             self._put(key, value, now + ttl, now)
             return True
 
+    def replace(self, key: str, value: bytes, ttl: float) -> bool:
+        _check_value(value)
+        _check_ttl(ttl)
+        with self._lock:
+            now = time.monotonic()
+            if self._live(key, now) is None:
+                return False
+            self._put(key, value, now + ttl, now)
+            return True
+
     def get_and_delete(self, key: str) -> bytes | None:
         with self._lock:
             entry = self._entries.pop(key, None)
@@ -208,7 +223,7 @@ _SQLITE_UPSERT = (
 # The conflict branch only replaces an expired row; RETURNING yields a row iff we wrote.
 _SQLITE_INSERT_IF_ABSENT = _SQLITE_UPSERT + " WHERE broker_state.expires_at <= ? RETURNING 1"
 # Seconds a writer waits for the write lock held by another connection or process.
-_SQLITE_BUSY_TIMEOUT = 10.0
+SQLITE_BUSY_TIMEOUT = 5.0
 # Every this many writes, the writer also deletes all expired rows (indexed).
 _SQLITE_PURGE_EVERY = 256
 # Idle connections kept for reuse; more are closed when handed back.
@@ -224,11 +239,13 @@ class SqliteStore:
 
     Each operation borrows a connection that no other thread uses meanwhile; the pool
     belongs to the process that made it, so a forked child opens its own connections.
-    Times are wall-clock (``time.time``) because several processes compare them.
+    Times are wall-clock (``time.time``) because several processes compare them. A write
+    waits ``busy_timeout`` seconds for another's lock, then fails as StoreError.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> None:
         self._path = path
+        self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._connections: list[sqlite3.Connection] = []
@@ -251,7 +268,7 @@ class SqliteStore:
             os.close(os.open(self._path, os.O_CREAT | os.O_RDWR, 0o600))
         conn = sqlite3.connect(
             self._path,
-            timeout=_SQLITE_BUSY_TIMEOUT,
+            timeout=self._busy_timeout,
             isolation_level=None,
             check_same_thread=False,
         )
@@ -360,6 +377,19 @@ class SqliteStore:
             self._wrote(conn)
         return won
 
+    def replace(self, key: str, value: bytes, ttl: float) -> bool:
+        _check_value(value)
+        _check_ttl(ttl)
+        with self._connection() as conn:
+            now = time.time()
+            replaced = conn.execute(
+                "UPDATE broker_state SET value = ?, expires_at = ? "
+                "WHERE key = ? AND expires_at > ?",
+                (value, now + ttl, key, now),
+            ).rowcount
+            self._wrote(conn)
+        return replaced == 1
+
     def get_and_delete(self, key: str) -> bytes | None:
         with self._connection() as conn:
             rows = conn.execute(
@@ -406,6 +436,9 @@ class SqliteStore:
 # --------------------------------------------------------------------------- redis
 
 _REDIS_PREFIX = "chime-broker:"
+# Seconds to connect and to wait for a reply: a lost or hung Redis answers 503 that soon.
+REDIS_CONNECT_TIMEOUT = 1.0
+REDIS_SOCKET_TIMEOUT = 3.0
 # INCR keeps an existing TTL; a counter without one (new, or written by an older
 # broker) gets it here, inside the script, so no increment ever sees a counter
 # that never expires.
@@ -436,8 +469,8 @@ class RedisStore:
         try:
             self._client = redis.Redis.from_url(
                 url,
-                socket_connect_timeout=2.0,
-                socket_timeout=5.0,
+                socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+                socket_timeout=REDIS_SOCKET_TIMEOUT,
                 health_check_interval=30,
                 # Only connection failures are retried: a command that timed out may
                 # have run, and running INCR or GETDEL twice would be wrong.
@@ -482,6 +515,13 @@ class RedisStore:
         with self._errors():
             won = self._client.set(_REDIS_PREFIX + key, value, px=_milliseconds(ttl), nx=True)
         return bool(won)
+
+    def replace(self, key: str, value: bytes, ttl: float) -> bool:
+        _check_value(value)
+        _check_ttl(ttl)
+        with self._errors():
+            replaced = self._client.set(_REDIS_PREFIX + key, value, px=_milliseconds(ttl), xx=True)
+        return bool(replaced)
 
     def get_and_delete(self, key: str) -> bytes | None:
         with self._errors():

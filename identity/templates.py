@@ -26,8 +26,58 @@ from typing import Any, Final
 
 from identity.errors import UnmappableIdentity
 
-MUTABLE_CLAIMS: Final = frozenset({"email", "preferred_username", "upn", "name", "nickname"})
-"""Claims a user (or an admin) can change: an identity built only from them is not stable."""
+_CLAIMS_URI: Final = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/"
+MUTABLE_CLAIMS: Final = frozenset(
+    {
+        # OIDC standard claims, and the ones Microsoft Entra ID adds.
+        "email",
+        "preferred_username",
+        "name",
+        "given_name",
+        "family_name",
+        "middle_name",
+        "nickname",
+        "phone_number",
+        "upn",
+        "unique_name",
+        # SAML attributes by FriendlyName (LDAP / eduPerson), and by Name: OIDs and the
+        # claim URIs of AD FS and Entra ID.
+        "mail",
+        "displayName",
+        "givenName",
+        "sn",
+        "cn",
+        "eduPersonPrincipalName",
+        "userPrincipalName",
+        "urn:oid:0.9.2342.19200300.100.1.3",  # mail
+        "urn:oid:1.3.6.1.4.1.5923.1.1.1.6",  # eduPersonPrincipalName
+        "urn:oid:2.16.840.1.113730.3.1.241",  # displayName
+        "urn:oid:2.5.4.42",  # givenName
+        "urn:oid:2.5.4.4",  # sn
+        "urn:oid:2.5.4.3",  # cn
+        f"{_CLAIMS_URI}emailaddress",
+        f"{_CLAIMS_URI}upn",
+        f"{_CLAIMS_URI}name",
+        f"{_CLAIMS_URI}givenname",
+        f"{_CLAIMS_URI}surname",
+        "http://schemas.microsoft.com/identity/claims/displayname",
+    }
+)
+"""Claims a user (or an admin) can change, or that name a person rather than an account:
+a user id that reads one is not stable. Compared without regard to case."""
+
+_MUTABLE_FOLDED: Final = frozenset(claim.casefold() for claim in MUTABLE_CLAIMS)
+
+MIN_USER_ID_SHA256: Final = 16
+"""``sha256:N`` keeps N hex digits; below 16 (64 bits) two users' ids may collide."""
+
+
+def is_mutable_claim(path: str) -> bool:
+    """Whether the claim ``path`` (a name, a dotted path or an attribute name) is one of
+    ``MUTABLE_CLAIMS``, as a whole or by its last segment."""
+    folded = path.casefold()
+    return folded in _MUTABLE_FOLDED or folded.rsplit(".", 1)[-1] in _MUTABLE_FOLDED
+
 
 BUILTINS: Final = frozenset({"provider", "random"})
 
@@ -81,6 +131,16 @@ def is_claim_path(text: str) -> bool:
     return CLAIM_PATH.fullmatch(text) is not None
 
 
+def claim_path_problem(text: str) -> str:
+    """Why ``text`` is not a claim path, with a hint for a SAML attribute named by a URI."""
+    if "://" in text:
+        return (
+            f"{text!r} is a URI: name a SAML attribute by a short name given in the "
+            "provider's attributes ({short_name: URI})"
+        )
+    return f"{text!r} is not a valid claim name or dotted path"
+
+
 def lookup(claims: Mapping[str, Any], dotted: str, segments: tuple[str, ...]) -> Any:
     """The claim ``dotted``: the exact name first, then the nested walk over ``segments``.
 
@@ -132,6 +192,7 @@ class _Placeholder:
     dotted: str
     segments: tuple[str, ...]
     filters: tuple[Callable[[str], str], ...]
+    lossy: tuple[str, ...]
 
     def render(self, claims: Mapping[str, Any], provider: str, random: str | None) -> str:
         if self.kind == _CLAIM:
@@ -159,11 +220,14 @@ class Template:
 
     ``fields`` are the claim paths it reads (built-ins excluded), in order of first use;
     ``literal_prefix`` is the literal text before the first placeholder (all of it when
-    there is none); ``is_bare_claim`` is true for exactly ``{claim}``, no filter, no text.
+    there is none); ``is_bare_claim`` is true for exactly ``{claim}``, no filter, no text;
+    ``lossy_filters`` are the filters that can give two values one result (``lower``,
+    ``sha256:N`` with N below ``MIN_USER_ID_SHA256``), as written.
     """
 
     source: str
     fields: tuple[str, ...]
+    lossy_filters: tuple[str, ...]
     literal_prefix: str
     is_bare_claim: bool
     uses_random: bool
@@ -212,8 +276,9 @@ def _compile_placeholder(body: str, allow_random: bool) -> _Placeholder:
     if not name:
         raise TemplateError(f"{placeholder!r} names no claim")
     if not is_claim_path(name):
-        raise TemplateError(f"{placeholder!r}: {name!r} is not a valid claim name or dotted path")
+        raise TemplateError(f"{placeholder!r}: {claim_path_problem(name)}")
     filters = tuple(_compile_filter(spec, placeholder) for spec in filter_specs)
+    lossy = tuple(spec for spec in filter_specs if _is_lossy(spec))
     if name == "random":
         if not allow_random:
             raise TemplateError("'{random}' is only available to guest providers")
@@ -222,7 +287,13 @@ def _compile_placeholder(body: str, allow_random: bool) -> _Placeholder:
         kind = _PROVIDER
     else:
         kind = _CLAIM
-    return _Placeholder(placeholder, kind, name, tuple(name.split(".")), filters)
+    return _Placeholder(placeholder, kind, name, tuple(name.split(".")), filters, lossy)
+
+
+def _is_lossy(spec: str) -> bool:
+    """Whether the (compiled, so well-formed) filter ``spec`` can merge distinct values."""
+    name, _, argument = spec.partition(":")
+    return name == "lower" or (name == "sha256" and int(argument) < MIN_USER_ID_SHA256)
 
 
 def compile_template(text: str, *, allow_random: bool = False) -> Template:
@@ -278,6 +349,7 @@ def compile_template(text: str, *, allow_random: bool = False) -> Template:
     return Template(
         source=text,
         fields=tuple(fields),
+        lossy_filters=tuple(spec for p in placeholders for spec in p.lossy),
         literal_prefix=prefix,
         is_bare_claim=bare,
         uses_random=any(p.kind == _RANDOM for p in placeholders),

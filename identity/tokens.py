@@ -20,12 +20,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import jwt
 import requests
 from jwt.algorithms import AllowedPublicKeys
 
+from identity.discovery import OidcDiscovery, endpoint, is_https_or_loopback
 from identity.errors import BrokerError, InvalidToken, UpstreamTimeout, UpstreamUnavailable
 from identity.http import no_answer, read_capped, upstream_session
 
@@ -46,7 +46,6 @@ _HEADER_KEY_PARAMETERS = ("jwk", "jku", "x5u", "x5c")
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 _MIN_SHARED_SECRET_BYTES = 32
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 @dataclass(frozen=True)
@@ -133,8 +132,9 @@ class JwksCache:
     """A provider's signing keys, fetched once and kept in a kid -> key map.
 
     Give ``jwks_url``, or ``issuer`` to resolve ``jwks_uri`` from the issuer's discovery
-    document. With ``issuer`` and ``follow_discovery``, the algorithms in use are
-    ``algorithms`` narrowed to those the discovery document advertises
+    document (or ``discovery``, the provider's ``OidcDiscovery`` shared with its browser
+    login, so that the document is fetched once). With discovery and ``follow_discovery``,
+    the algorithms in use are ``algorithms`` narrowed to those the discovery document advertises
     (``id_token_signing_alg_values_supported``; RS256 when it says nothing, as OIDC
     Discovery makes RS256 the one every provider supports). Keys are refetched after
     ``ttl`` seconds; an unknown kid triggers at most one refetch per
@@ -151,6 +151,7 @@ class JwksCache:
         *,
         jwks_url: str | None = None,
         issuer: str | None = None,
+        discovery: OidcDiscovery | None = None,
         algorithms: tuple[str, ...] = ("RS256",),
         follow_discovery: bool = False,
         session: requests.Session | None = None,
@@ -161,6 +162,10 @@ class JwksCache:
         max_document_bytes: int = 1024 * 1024,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if discovery is not None:
+            if issuer is not None:
+                raise ValueError("give issuer or discovery, not both")
+            issuer = discovery.issuer
         if (jwks_url is None) == (issuer is None):
             raise ValueError("give exactly one of jwks_url and issuer")
         for url in (jwks_url, issuer):
@@ -171,17 +176,25 @@ class JwksCache:
         if follow_discovery and issuer is None:
             raise ValueError("follow_discovery needs issuer")
         self._follow_discovery = follow_discovery
-        self._discovery_issuer = issuer or ""
         self._jwks_url = jwks_url
         self._algorithms = frozenset(algorithms)
-        self._session = session if session is not None else upstream_session(pool_maxsize=4)
+        self._session = (
+            session if session is not None else upstream_session(pool_maxsize=4, operation="jwks")
+        )
         self._timeouts = (connect_timeout, read_timeout)
+        if discovery is None and issuer is not None:
+            discovery = OidcDiscovery(
+                issuer,
+                session=self._session,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+            )
+        self._provider_metadata = discovery
         self._ttl = ttl
         self._min_refresh_interval = min_refresh_interval
         self._max_document_bytes = max_document_bytes
         self._clock = clock
         self._lock = threading.Lock()
-        self._discovery: Mapping[str, Any] | None = None
         self._keys: _KeySet | None = None
         # Bumped when a fetch attempt ends, so callers that waited on the lock see it happened.
         self._generation = 0
@@ -196,7 +209,8 @@ class JwksCache:
 
     def discovery(self) -> Mapping[str, Any] | None:
         """The issuer's discovery document once fetched (``None`` when built from a URL)."""
-        return self._discovery
+        metadata = self._provider_metadata
+        return metadata.cached() if metadata is not None else None
 
     @property
     def algorithms(self) -> frozenset[str]:
@@ -265,19 +279,16 @@ class JwksCache:
     def _resolve_jwks_url(self) -> str:
         if self._jwks_url is not None:
             return self._jwks_url
-        issuer = self._discovery_issuer
-        url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-        document = self._get_json(url, "discovery document")
-        if document.get("issuer") != issuer:
+        metadata = self._provider_metadata
+        assert metadata is not None  # __init__: a jwks_url or a discovery document
+        document = metadata()
+        jwks_uri = endpoint(document, "jwks_uri")
+        if jwks_uri is None:
             raise UpstreamUnavailable(
-                log_detail=f"discovery document at {url} names another issuer"
+                log_detail=f"discovery document at {metadata.url}: unusable jwks_uri"
             )
-        jwks_uri = document.get("jwks_uri")
-        if not isinstance(jwks_uri, str) or not _is_https_or_loopback(jwks_uri):
-            raise UpstreamUnavailable(log_detail=f"discovery document at {url}: unusable jwks_uri")
         if self._follow_discovery:
-            self._algorithms = _advertised_algorithms(document, self._algorithms, url)
-        self._discovery = document
+            self._algorithms = _advertised_algorithms(document, self._algorithms, metadata.url)
         self._jwks_url = jwks_uri
         return jwks_uri
 
@@ -590,15 +601,8 @@ def _excerpt(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _is_https_or_loopback(url: str) -> bool:
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        return bool(parts.hostname)
-    return parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS
-
-
 def _require_https_or_loopback(url: str) -> None:
-    if not _is_https_or_loopback(url):
+    if not is_https_or_loopback(url):
         raise ValueError(f"{url!r}: key URLs must be https (plain http only on loopback)")
 
 

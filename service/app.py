@@ -6,14 +6,15 @@ import os
 import time
 from collections.abc import Callable
 
-from flask import Flask
+from flask import Flask, Request, Response
+from flask.sessions import SessionInterface, SessionMixin
 
 from identity.aws import AwsClients
 from identity.config.document import BrokerConfig
 from identity.store import Store
 from identity.wiring import build_services
 from service import errors, logs, metrics, pages, security
-from service.blueprints import credentials, demo_page, health, login, saml, token
+from service.blueprints import backchannel, credentials, demo_page, health, login, saml, token
 from service.endpoints import Endpoints
 from service.logs import configure_logging
 from service.runtime import Runtime
@@ -49,6 +50,16 @@ def worker_concurrency() -> int:
         return 32
 
 
+class NoSessions(SessionInterface):
+    """Flask's ``session`` is never opened nor saved."""
+
+    def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
+        return None
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        return None
+
+
 def create_app(
     config: BrokerConfig,
     *,
@@ -65,9 +76,9 @@ def create_app(
     configure_logging(_secrets(config))
     app = Flask(__name__, static_folder=None)
     app.config["JSON_SORT_KEYS"] = False
-    keys = config.service.secret_keys
-    app.secret_key = keys[0] if keys else None
-    app.config["SECRET_KEY_FALLBACKS"] = list(keys[1:])
+    # The broker's state is in its own sealed cookies and store: Flask's signed-cookie
+    # session would only cost a key derivation per request.
+    app.session_interface = NoSessions()
 
     endpoints = Endpoints(config.service.public_url)
     services = build_services(
@@ -79,9 +90,9 @@ def create_app(
         max_pool_connections=worker_concurrency(),
     )
     security.init_app(app, config)
-    request_metrics = metrics.init_app(app)
+    request_metrics = metrics.init_app(app, providers=[p.name for p in config.providers])
     logs.init_app(app)
-    errors.init_app(app)
+    errors.init_app(app, clock=clock)
     app.extensions["chime_broker"] = Runtime(
         config=config,
         store=services.store,
@@ -96,6 +107,7 @@ def create_app(
     app.register_blueprint(saml.bp)
     app.register_blueprint(token.bp)
     app.register_blueprint(credentials.bp)
+    app.register_blueprint(backchannel.bp)
     app.register_blueprint(demo_page.bp)
     app.register_blueprint(pages.bp)
     return app

@@ -12,9 +12,11 @@ from typing import Final
 API: Final = "/v1"
 LOGIN: Final = "/login/<provider>"
 CALLBACK: Final = "/callback/<provider>"
+BACKCHANNEL_LOGOUT: Final = "/backchannel-logout/<provider>"
 SAML: Final = API + "/saml"
 SAML_ACS: Final = "/<provider>/acs"
 SAML_METADATA: Final = "/<provider>/metadata"
+SAML_SLO: Final = "/<provider>/slo"
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,14 @@ class Endpoints:
     def callback_url(self, provider: str) -> str:
         return self._url(API, CALLBACK, provider)
 
+    def backchannel_logout_url(self, provider: str) -> str:
+        return self._url(API, BACKCHANNEL_LOGOUT, provider)
+
     def acs_url(self, provider: str) -> str:
         return self._url(SAML, SAML_ACS, provider)
 
     def metadata_url(self, provider: str) -> str:
         return self._url(SAML, SAML_METADATA, provider)
+
+    def slo_url(self, provider: str) -> str:
+        return self._url(SAML, SAML_SLO, provider)

@@ -4,6 +4,9 @@ browser on a sign-in route, to the page of ``service.pages``)."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, g, json, request
@@ -13,6 +16,9 @@ from identity import errors
 from service import pages
 
 log = logging.getLogger("chime_broker.errors")
+
+# Seconds between two warnings about a failing state store; requests in between are counted.
+STORE_FAULT_LOG_INTERVAL = 30.0
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -48,6 +54,7 @@ _CONTAINER_ROUTE = "credentials.container"
 def problem_response(error: errors.BrokerError) -> Response:
     """The problem document; a page instead for a person's browser on a sign-in route
     (``service.pages``)."""
+    g.problem_code = error.code
     body = problem_body(error)
     if pages.wants_page():
         response = pages.problem_page(error, body["detail"])
@@ -76,8 +83,46 @@ def _log(error: errors.BrokerError) -> None:
     log.log(level, "request refused: %s", error.detail, extra={"fields": fields})
 
 
-def init_app(app: Flask) -> None:
-    """Every error, the broker's and Flask's own, leaves as a problem document."""
+class StoreFaultLog:
+    """Warns that the state store fails at most once per ``interval`` seconds, without a
+    traceback, with the number of failures since the previous warning."""
+
+    def __init__(
+        self, clock: Callable[[], float], interval: float = STORE_FAULT_LOG_INTERVAL
+    ) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._quiet_until: float | None = None
+        self._unlogged = 0
+
+    def record(self, error: errors.StoreError) -> None:
+        with self._lock:
+            now = self._clock()
+            if self._quiet_until is not None and now < self._quiet_until:
+                self._unlogged += 1
+                return
+            self._quiet_until = now + self._interval
+            unlogged, self._unlogged = self._unlogged, 0
+        fields = {
+            "code": errors.StoreUnavailable.code,
+            "status": errors.StoreUnavailable.status,
+            "reason": str(error),
+            "failures_not_logged": unlogged,
+        }
+        log.warning("state store unavailable", extra={"fields": fields})
+
+
+def init_app(app: Flask, *, clock: Callable[[], float] = time.monotonic) -> None:
+    """Every error, the broker's and Flask's own, leaves as a problem document.
+
+    ``clock`` paces the warnings about a failing state store."""
+    store_faults = StoreFaultLog(clock)
+
+    @app.errorhandler(errors.StoreError)
+    def store_error(error: errors.StoreError) -> Response:
+        store_faults.record(error)
+        return problem_response(errors.StoreUnavailable())
 
     @app.errorhandler(errors.BrokerError)
     def broker_error(error: errors.BrokerError) -> Response:

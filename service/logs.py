@@ -105,6 +105,16 @@ class JsonFormatter(logging.Formatter):
 
 
 _REDACTOR = Redactor()
+_NOISY = ("botocore", "urllib3", "boto3", "werkzeug")
+
+
+def json_handler() -> logging.Handler:
+    """The one handler: JSON lines on stderr, every record through the redactor."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(_REDACTOR)
+    handler._chime_broker = True  # type: ignore[attr-defined]
+    return handler
 
 
 def configure_logging(secrets: Iterable[str] = (), *, level: int = logging.INFO) -> Redactor:
@@ -115,15 +125,29 @@ def configure_logging(secrets: Iterable[str] = (), *, level: int = logging.INFO)
     _REDACTOR.add_secrets(secrets)
     root = logging.getLogger()
     if not any(getattr(h, "_chime_broker", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        handler.addFilter(_REDACTOR)
-        handler._chime_broker = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+        root.addHandler(json_handler())
         root.setLevel(level)
-        for noisy in ("botocore", "urllib3", "boto3", "werkzeug"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    for noisy in _NOISY:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return _REDACTOR
+
+
+def gunicorn_logconfig() -> dict[str, Any]:
+    """gunicorn's ``logconfig_dict``: its error log through the broker's JSON handler. Its
+    access log too, kept at warning: the broker writes each request's access line itself
+    (``chime_broker.access``, with the route and the request id), so a request is logged
+    once."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"json": {"()": "service.logs.json_handler"}},
+        "formatters": {},
+        "root": {"level": "INFO", "handlers": ["json"]},
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
+        },
+    }
 
 
 def redactor() -> Redactor:

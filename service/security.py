@@ -1,5 +1,6 @@
 """Request hygiene that every route shares: request ids, trusted proxies, the body cap,
-security headers, CORS and the Origin rule for cookie-authenticated requests.
+security headers (HSTS when ``service.public_url`` is https), CORS and the Origin rule for
+cookie-authenticated requests.
 
 CORS answers only the exact origins of ``service.allowed_origins``, with credentials, and
 never reflects anything else (``null`` included). A request authenticated by the session
@@ -29,6 +30,10 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-site",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
 }
+
+# One year; no includeSubDomains: the broker's own host is all it may speak for (a sibling
+# host, or one that still serves plain http, is not the broker's to decide).
+HSTS = "max-age=31536000"
 
 # The demo page needs its own script and styles, and talks to its own origin.
 PAGE_CSP = (
@@ -93,6 +98,7 @@ def require_allowed_origin() -> None:
 
 def init_app(app: Flask, config: BrokerConfig) -> None:
     app.extensions["chime_broker_origins"] = OriginPolicy.from_config(config)
+    strict_transport = config.service.public_url.startswith("https://")
     hops = config.service.trusted_proxies
     if hops:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
@@ -125,20 +131,36 @@ def init_app(app: Flask, config: BrokerConfig) -> None:
         response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
         return response
 
+    # The headers every answer carries unless its view set its own, as (lower-case name,
+    # name, value): one pass over the answer's headers instead of a lookup per header.
+    defaults = [
+        (name.lower(), name, value)
+        for name, value in [*SECURITY_HEADERS.items(), ("Cache-Control", "no-store")]
+    ]
+    allowed = frozenset(config.service.allowed_origins)
+
     @app.after_request
     def harden(response: Response) -> Response:
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        response.headers.setdefault("Cache-Control", "no-store")
+        headers = response.headers
+        present = {name.lower() for name, _ in headers.items()}
+        for lower, name, value in defaults:
+            if lower not in present:
+                headers.add(name, value)
+        if strict_transport:
+            headers["Strict-Transport-Security"] = HSTS
         if request.path.startswith(_CORS_PREFIX):
-            response.vary.add("Origin")
+            if "vary" in present:
+                response.vary.add("Origin")
+            else:
+                headers.add("Vary", "Origin")
             origin = request.headers.get("Origin")
-            if origin is not None and origin in _policy().allowed:
-                response.headers["Access-Control-Allow-Origin"] = origin
-                response.headers["Access-Control-Allow-Credentials"] = "true"
-                response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED
-        if g.get("request_id"):
-            response.headers["X-Request-Id"] = g.request_id
+            if origin is not None and origin in allowed:
+                headers["Access-Control-Allow-Origin"] = origin
+                headers["Access-Control-Allow-Credentials"] = "true"
+                headers["Access-Control-Expose-Headers"] = CORS_EXPOSED
+        request_id = g.get("request_id")
+        if request_id:
+            headers["X-Request-Id"] = request_id
         return response
 
     @app.teardown_request

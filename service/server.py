@@ -8,6 +8,8 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from service.logs import gunicorn_logconfig
+
 
 def _child_exit(_server: Any, worker: Any) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -64,6 +66,7 @@ def serve(
         "timeout": timeout,
         "graceful_timeout": 10,
         "accesslog": None,
+        "logconfig_dict": gunicorn_logconfig(),
         "child_exit": _child_exit,
         "preload_app": False,
         # One shared control socket under $HOME would make two brokers on one host collide.

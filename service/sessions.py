@@ -8,7 +8,8 @@ from flask import g, request
 from werkzeug.wrappers import Response
 
 from identity.config.document import BrokerConfig
-from identity.errors import Unauthenticated
+from identity.config.models import COOKIE_PREFIXES
+from identity.errors import InvalidRequest, Unauthenticated
 from service.runtime import runtime
 from service.security import require_allowed_origin
 
@@ -41,9 +42,22 @@ def cookie_secure(config: BrokerConfig) -> bool:
 
 
 def session_cookie() -> str | None:
-    """The session cookie's value, or None."""
-    value = request.cookies.get(runtime().config.service.cookie_name)
+    """The session cookie's value, or None. Two cookies of that name are refused
+    (``invalid_request``): one may have been planted for a parent domain, and which one a
+    browser sends first is not the broker's to guess."""
+    values = request.cookies.getlist(runtime().config.service.cookie_name)
+    if len(values) > 1:
+        raise InvalidRequest("the request carries more than one broker session cookie")
+    value = values[0] if values else None
     return value if value and len(value) <= _MAX_TOKEN else None
+
+
+def pre_login_cookie_name_for(config: BrokerConfig) -> str:
+    """``__Host-{session cookie name}_login``, the session cookie's own prefix left out."""
+    name = config.service.cookie_name
+    for prefix in COOKIE_PREFIXES:
+        name = name.removeprefix(prefix)
+    return f"__Host-{name}_login"
 
 
 def session_token() -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -52,7 +52,7 @@ from identity.config.types import (
     show_bytes,
     show_seconds,
 )
-from identity.templates import MUTABLE_CLAIMS, Template, compile_template
+from identity.templates import MIN_USER_ID_SHA256, Template, compile_template, is_mutable_claim
 
 Exchange = Literal["cognito", "cognito_developer", "sts"]
 EXCHANGE_HELP = "cognito_developer or sts"
@@ -112,10 +112,13 @@ class StsConfig(Frozen):
 
 
 class Timeouts(Frozen):
-    """Connect and read timeouts (seconds) for every AWS call."""
+    """Connect and read timeouts (seconds) for every AWS and identity-provider call, and
+    ``total``: one AWS call's deadline, retries included (a retry starts only while a whole
+    attempt, connect and read timeouts, still fits in it)."""
 
     connect: Annotated[float, Field(gt=0, le=60)] = 2.0
     read: Annotated[float, Field(gt=0, le=300)] = 5.0
+    total: Annotated[float, Field(gt=0, le=900)] = 10.0
 
 
 SHORT_CREDENTIALS = 1800
@@ -198,6 +201,13 @@ class ChimeConfig(Frozen):
         return self._arn_part(3)
 
 
+PLAIN_COOKIE_NAME: Final = "chime_broker_session"
+HOST_COOKIE_NAME: Final = f"__Host-{PLAIN_COOKIE_NAME}"
+COOKIE_PREFIXES: Final = ("__Host-", "__Secure-")
+"""Cookie name prefixes a browser accepts only with ``Secure`` (``__Host-``: also
+``Path=/`` and no ``Domain``)."""
+
+
 class ServiceConfig(Frozen):
     """The HTTP service: public URL, secret, sessions, CORS and return_to allow-lists."""
 
@@ -205,13 +215,23 @@ class ServiceConfig(Frozen):
     secret_key: SecretStr | tuple[SecretStr, ...] | None = None
     session_lifetime: Duration = 8 * 3600
     recheck_interval: Duration = 15 * 60
-    cookie_name: CookieName = "chime_broker_session"
+    cookie_name: CookieName = PLAIN_COOKIE_NAME
     allowed_origins: tuple[Origin, ...] = ()
     allowed_return_to: tuple[ReturnTo, ...] = ()
     default_return_to: str | None = None
     trusted_proxies: int = Field(0, ge=0, le=10)
     max_body: ByteSize = ByteSize(64 * 1024)
     cache_credentials: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cookie_name_defaults_by_scheme(cls, data: Any) -> Any:
+        # A __Host- cookie can be set only by this host, over https: no sibling plants one.
+        if isinstance(data, dict) and "cookie_name" not in data:
+            url = data.get("public_url")
+            if isinstance(url, str) and url.lower().startswith("https://"):
+                return {**data, "cookie_name": HOST_COOKIE_NAME}
+        return data
 
     @field_validator("session_lifetime")
     @classmethod
@@ -258,6 +278,16 @@ class ServiceConfig(Frozen):
         if mode == "demo" and not is_loopback_url(self.public_url):
             problems.append(
                 (("public_url",), "mode demo runs on loopback only: use http://127.0.0.1:PORT")
+            )
+        if self.cookie_name.startswith(COOKIE_PREFIXES) and not self.public_url.startswith(
+            "https://"
+        ):
+            problems.append(
+                (
+                    ("cookie_name",),
+                    f"{self.cookie_name!r}: browsers keep __Host- and __Secure- cookies only "
+                    "from https; public_url is http",
+                )
             )
         default = self.default_return_to
         if default is not None and not self.return_to_allowed(default):
@@ -310,6 +340,8 @@ class ProviderBase(Frozen):
     module of ``identity.providers``)."""
 
     default_user_id: ClassVar[str] = "{sub}"
+    # The claim that names an account for good, for messages.
+    stable_claim: ClassVar[str] = "sub"
     # False for kinds that have no id token to carry a nonce.
     nonce_capable: ClassVar[bool] = True
     # False for kinds the identity pool cannot verify (SAML, guests).
@@ -327,6 +359,7 @@ class ProviderBase(Frozen):
     require_nonce: bool = False
     map: MapConfig = Field(default_factory=MapConfig)
     allow_shared_user_ids: bool = False
+    allow_mutable_user_id: bool = False
 
     _user_id_template: Template = PrivateAttr()
     _display_name_template: Template | None = PrivateAttr(default=None)
@@ -473,19 +506,32 @@ class ProviderBase(Frozen):
             return [
                 (("map", "user_id"), f"{shown!r} reads no claim: every user would get the same id")
             ]
-        if (
-            template.fields
-            and not template.uses_random
-            and all(f in MUTABLE_CLAIMS for f in template.fields)
-        ):
-            return [
+        if self.allow_mutable_user_id:
+            return []
+        problems: list[Problem] = []
+        mutable = [f for f in template.fields if self.is_mutable_claim(f)]
+        if mutable:
+            problems.append(
                 (
                     ("map", "user_id"),
-                    f"{shown!r} is built only from claims users can change "
-                    f"({', '.join(template.fields)}); identity is (issuer, sub): use '{{sub}}'",
+                    f"{shown!r} reads {', '.join(mutable)}, which users or admins can change; "
+                    f"identity is (issuer, {self.stable_claim}): use '{{{self.stable_claim}}}' "
+                    "(or allow_mutable_user_id: true when nothing stable exists)",
                 )
-            ]
-        return []
+            )
+        if template.lossy_filters:
+            problems.append(
+                (
+                    ("map", "user_id"),
+                    f"{shown!r} uses {', '.join(template.lossy_filters)}, which can give two "
+                    f"users one id (case folding, or sha256:N with N under {MIN_USER_ID_SHA256})",
+                )
+            )
+        return problems
+
+    def is_mutable_claim(self, claim: str) -> bool:
+        """Whether ``map.user_id`` reading ``claim`` would make a user id that can change."""
+        return is_mutable_claim(claim)
 
     def _exchange_problems(self, context: ValidationContext) -> list[Problem]:
         problems: list[Problem] = []

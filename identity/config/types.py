@@ -13,7 +13,7 @@ from pydantic import ByteSize as PydanticByteSize
 
 from identity import limits
 from identity.store import validate_store_url
-from identity.templates import TemplateError, compile_template, is_claim_path
+from identity.templates import TemplateError, claim_path_problem, compile_template, is_claim_path
 
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 MIN_SECRET_KEY_LENGTH: Final = 32
@@ -267,7 +267,7 @@ def _require_rule(value: Any) -> Any:
 
 def _claim_name(value: str) -> str:
     if not is_claim_path(value):
-        raise ValueError(f"{value!r} is not a valid claim name or dotted path")
+        raise ValueError(claim_path_problem(value))
     return value
 
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from identity.config.models import AwsConfig, ProviderBase, ServiceConfig
 from identity.config.report import Path
 from identity.models import Principal
 from identity.store import Store
+
+if TYPE_CHECKING:
+    from identity.providers.saml_logout import LogoutBinding, LogoutRequestSeen
 
 
 @runtime_checkable
@@ -169,7 +172,28 @@ class SamlProvider(Protocol):
         ...
 
     def metadata(self) -> str:
-        """The SP metadata XML (entity id, ACS URL from ``service.public_url``)."""
+        """The SP metadata XML (entity id, ACS and SLO URLs from ``service.public_url``)."""
+        ...
+
+    def logout_request(
+        self, binding: LogoutBinding, params: Mapping[str, str], query_string: str
+    ) -> LogoutRequestSeen:
+        """The verified IdP-initiated LogoutRequest in ``params`` (signed, issuer,
+        destination, times, used once); raises ``InvalidToken`` or ``InvalidRequest``."""
+        ...
+
+    def logout_response_url(
+        self, request: LogoutRequestSeen, relay_state: str | None
+    ) -> str | None:
+        """The IdP's SLO URL carrying the (signed) LogoutResponse to ``request``, or None
+        when the IdP publishes no HTTP-Redirect SingleLogoutService."""
+        ...
+
+    def end_session_url(
+        self, *, name_id: str, name_id_format: str | None, session_index: str | None
+    ) -> str | None:
+        """The IdP's SLO URL carrying a signed LogoutRequest for ``name_id``, or None when
+        the SP has no key or the IdP no HTTP-Redirect SingleLogoutService."""
         ...
 
 
@@ -194,6 +218,8 @@ class Endpoints(Protocol):
     def acs_url(self, provider: str) -> str: ...
 
     def metadata_url(self, provider: str) -> str: ...
+
+    def slo_url(self, provider: str) -> str: ...
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,7 @@ sends one. The caller owns the transaction (state, nonce, verifier, browser bind
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -27,8 +25,10 @@ from urllib.parse import urlencode, urlsplit
 import requests
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.requests_client import OAuth2Session
+from authlib.oauth2.client import OAuth2Client
 from pydantic import SecretStr
 
+from identity.discovery import OidcDiscovery, endpoint
 from identity.errors import (
     AccessDenied,
     BrokerError,
@@ -38,7 +38,7 @@ from identity.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from identity.http import no_answer
+from identity.http import as_upstream, no_answer
 from identity.models import Principal
 from identity.providers.base import RedirectLogin, Refreshed, TokenProvider
 from identity.providers.id_token import IdTokenProvider
@@ -46,8 +46,6 @@ from identity.providers.userinfo import UserinfoClaims
 
 log = logging.getLogger("chime_broker.redirect")
 
-MAX_DISCOVERY_BYTES: Final = 256 * 1024
-_LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 # OAuth errors at the authorization endpoint that mean "the user (or the IdP's policy for
 # this user) said no"; anything else is the provider failing.
 _USER_REFUSALS: Final = frozenset(
@@ -138,112 +136,45 @@ class AccessTokenInspection:
         return self.login(token, nonce=None)
 
 
-class OidcDiscovery:
-    """An issuer's discovery document, fetched on first use and kept; a failed fetch is
-    retried by the next login. The document must name the configured issuer and https
-    (or loopback) endpoints."""
+class DiscoveredServer:
+    """The authorization server an issuer's discovery document describes; endpoints given
+    here (``authorization_endpoint``, ``token_endpoint``) win over the document's. The
+    document is the provider's one ``OidcDiscovery``, shared with its signing keys."""
 
     def __init__(
         self,
-        issuer: str,
+        discovery: OidcDiscovery,
         *,
-        connect_timeout: float,
-        read_timeout: float,
         authorization_endpoint: str | None = None,
         token_endpoint: str | None = None,
     ) -> None:
-        self.issuer = issuer
-        self._timeouts = (connect_timeout, read_timeout)
+        self._discovery = discovery
         self._overrides = (authorization_endpoint, token_endpoint)
-        self._lock = threading.Lock()
-        self._server: AuthorizationServer | None = None
 
     def __call__(self) -> AuthorizationServer:
-        server = self._server
-        if server is not None:
-            return server
-        with self._lock:
-            if self._server is None:
-                self._server = self._fetch()
-            return self._server
-
-    def _fetch(self) -> AuthorizationServer:
-        url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-        document = _get_json(url, "discovery document", self._timeouts)
-        if document.get("issuer") != self.issuer:
-            raise UpstreamUnavailable(
-                "identity provider metadata unusable",
-                log_detail=f"discovery document at {url} names another issuer",
-            )
-        authorize = self._overrides[0] or _endpoint(document, "authorization_endpoint", url)
-        token = self._overrides[1] or _endpoint(document, "token_endpoint", url)
-        end_session = document.get("end_session_endpoint")
-        if not (isinstance(end_session, str) and _is_https_or_loopback(end_session)):
-            end_session = None
-        userinfo = document.get("userinfo_endpoint")
-        if not (isinstance(userinfo, str) and _is_https_or_loopback(userinfo)):
-            userinfo = None
+        document = self._discovery()
         methods = document.get("token_endpoint_auth_methods_supported")
         # OIDC Discovery: client_secret_basic when the provider does not say.
         basic = not isinstance(methods, list) or "client_secret_basic" in methods
         return AuthorizationServer(
-            authorization_endpoint=authorize,
-            token_endpoint=token,
-            issuers=(self.issuer,),
+            authorization_endpoint=self._overrides[0]
+            or self._required(document, "authorization_endpoint"),
+            token_endpoint=self._overrides[1] or self._required(document, "token_endpoint"),
+            issuers=(self._discovery.issuer,),
             sends_iss=document.get("authorization_response_iss_parameter_supported") is True,
-            end_session_endpoint=end_session,
+            end_session_endpoint=endpoint(document, "end_session_endpoint"),
             token_auth_method="client_secret_basic" if basic else "client_secret_post",
-            userinfo_endpoint=userinfo,
+            userinfo_endpoint=endpoint(document, "userinfo_endpoint"),
         )
 
-
-def _endpoint(document: Mapping[str, Any], name: str, url: str) -> str:
-    value = document.get(name)
-    if not isinstance(value, str) or not _is_https_or_loopback(value):
-        raise UpstreamUnavailable(
-            "identity provider metadata unusable",
-            log_detail=f"discovery document at {url}: unusable {name}",
-        )
-    return value
-
-
-def _is_https_or_loopback(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    if parts.scheme == "https":
-        return bool(parts.hostname)
-    return parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS
-
-
-def _get_json(url: str, what: str, timeouts: tuple[float, float]) -> dict[str, Any]:
-    try:
-        with requests.get(
-            url,
-            timeout=timeouts,
-            stream=True,
-            allow_redirects=False,
-            headers={"Accept": "application/json"},
-        ) as response:
-            status = response.status_code
-            body = response.raw.read(MAX_DISCOVERY_BYTES + 1, decode_content=True)
-    except requests.RequestException as e:
-        raise no_answer(e, upstream="the identity provider", where=f"{what} {url}") from None
-    if status != 200 or len(body) > MAX_DISCOVERY_BYTES:
-        raise UpstreamUnavailable(
-            "identity provider metadata unavailable",
-            log_detail=f"{what} {url} answered HTTP {status} ({len(body)} bytes)",
-        )
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        document = None
-    if not isinstance(document, dict):
-        raise UpstreamUnavailable(
-            "identity provider metadata unusable", log_detail=f"{what} {url} is not a JSON object"
-        )
-    return document
+    def _required(self, document: Mapping[str, Any], name: str) -> str:
+        found = endpoint(document, name)
+        if found is None:
+            raise UpstreamUnavailable(
+                "identity provider metadata unusable",
+                log_detail=f"discovery document at {self._discovery.url}: unusable {name}",
+            )
+        return found
 
 
 ServerSource = Callable[[], AuthorizationServer]
@@ -309,20 +240,21 @@ class CodeFlowProvider:
         self, *, redirect_uri: str, state: str, nonce: str, code_challenge: str
     ) -> str:
         server = self._server()
-        params: dict[str, str] = {
-            "response_type": "code",
-            "client_id": self.client_id,
-            "redirect_uri": redirect_uri,
-            "scope": " ".join(self.scopes),
-            "state": state,
-            "code_challenge": code_challenge,
-            "code_challenge_method": "S256",
-            **self._extra,
-        }
+        # Authlib's client builds the request; it needs no HTTP session for that.
+        client = OAuth2Client(
+            None, client_id=self.client_id, scope=" ".join(self.scopes), redirect_uri=redirect_uri
+        )
+        extra = dict(self._extra)
         if self._verification.uses_nonce:
-            params["nonce"] = nonce
-        separator = "&" if urlsplit(server.authorization_endpoint).query else "?"
-        return server.authorization_endpoint + separator + urlencode(params)
+            extra["nonce"] = nonce
+        url, _ = client.create_authorization_url(
+            server.authorization_endpoint,
+            state=state,
+            code_challenge=code_challenge,
+            code_challenge_method="S256",
+            **extra,
+        )
+        return str(url)
 
     def finish(
         self,
@@ -406,11 +338,15 @@ class CodeFlowProvider:
     def _token_request(self, server: AuthorizationServer, **params: str) -> dict[str, Any]:
         secret = self._client_secret()
         method = server.token_auth_method if secret is not None else "none"
-        with OAuth2Session(
-            client_id=self.client_id,
-            client_secret=secret,
-            token_endpoint_auth_method=method,
-            scope=None,
+        with as_upstream(
+            OAuth2Session(
+                client_id=self.client_id,
+                client_secret=secret,
+                token_endpoint_auth_method=method,
+                scope=None,
+            ),
+            pool_maxsize=1,
+            operation="token",
         ) as session:
             grant_type = params.pop("grant_type")
             try:
@@ -460,8 +396,14 @@ class CodeFlowProvider:
         if self._post_logout_redirect_uri is not None:
             # Back to the app after signing out at the provider (RP-Initiated Logout 1.0).
             params["post_logout_redirect_uri"] = self._post_logout_redirect_uri
-        separator = "&" if urlsplit(server.end_session_endpoint).query else "?"
-        return server.end_session_endpoint + separator + urlencode(params)
+        return rp_logout_url(server.end_session_endpoint, params)
+
+
+def rp_logout_url(end_session_endpoint: str, params: Mapping[str, str]) -> str:
+    """The RP-Initiated Logout 1.0 request: ``params`` added to the provider's
+    ``end_session_endpoint`` (Authlib builds no logout request for a client)."""
+    separator = "&" if urlsplit(end_session_endpoint).query else "?"
+    return end_session_endpoint + separator + urlencode(params)
 
 
 def _authorization_error(provider: str, error: str) -> BrokerError:

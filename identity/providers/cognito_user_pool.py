@@ -15,11 +15,12 @@ from pydantic import Field, SecretStr, model_validator
 from identity.config.models import ProviderBase
 from identity.config.report import Path
 from identity.config.types import USER_POOL_ID, NonEmptyStr, SecureUrl, UserPoolId
+from identity.discovery import OidcDiscovery
 from identity.providers.base import BuildContext, Built, ProviderKind
 from identity.providers.code_flow import (
     AuthorizationServer,
     CodeFlowProvider,
-    OidcDiscovery,
+    DiscoveredServer,
     ServerSource,
     fixed,
     id_token_verifier,
@@ -98,10 +99,10 @@ def build(entry: CognitoUserPoolConfig, context: BuildContext) -> Built:
     if entry.authorize_url is not None and entry.token_url is not None:
         server = fixed(AuthorizationServer(entry.authorize_url, entry.token_url, (entry.issuer,)))
     else:
-        server = OidcDiscovery(
-            entry.issuer,
-            connect_timeout=timeouts.connect,
-            read_timeout=timeouts.read,
+        server = DiscoveredServer(
+            OidcDiscovery(
+                entry.issuer, connect_timeout=timeouts.connect, read_timeout=timeouts.read
+            ),
             authorization_endpoint=entry.authorize_url,
             token_endpoint=entry.token_url,
         )

@@ -8,15 +8,22 @@ from a ``JwksCache`` built once, and every token goes through
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
 from identity.errors import InvalidToken
 from identity.models import Principal
+from identity.store import Store
 from identity.tokens import JwksCache, JwtPolicy, expiry_time, verify_jwt
 
 ClaimsHook = Callable[[dict[str, Any]], dict[str, Any]]
+
+NONCE_PREFIX: Final = "id-token-nonce:"
+MAX_NONCE_MEMORY: Final = 24 * 3600
+"""The longest an id token may still live for its nonce to be single-use: the replay cache
+remembers a nonce no longer than this (Cognito user pools issue id tokens of up to a day)."""
 
 
 def login_key_for_issuer(issuer: str) -> str:
@@ -126,3 +133,37 @@ class IdTokenProvider:
     def verify_access_token(self, access_token: str) -> Principal:
         """Refused: this provider's mobile clients present id tokens."""
         raise InvalidToken(f"provider {self._name!r} takes an id_token, not an access_token")
+
+
+class SingleUseNonces:
+    """The replay cache of mobile id-token nonces (``require_nonce``): a nonce is accepted
+    once per provider while its token could still verify, so a token copied from a device
+    cannot be exchanged a second time."""
+
+    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+        self._store = store
+        self._clock = clock
+
+    def spend(self, principal: Principal, *, leeway: int) -> str:
+        """Mark the nonce of ``principal``'s (verified) id token used and return its key;
+        ``InvalidToken`` when it was used before, or when the token lives too long for the
+        cache to remember it."""
+        nonce = principal.claims.get("nonce")
+        if not isinstance(nonce, str) or principal.token_expires_at is None:
+            raise InvalidToken("nonce required", log_detail="no nonce claim to spend")
+        remaining = principal.token_expires_at.timestamp() - self._clock()
+        if remaining > MAX_NONCE_MEMORY:
+            raise InvalidToken(
+                "id token lives too long to be used once",
+                log_detail=f"exp {remaining:.0f}s ahead, over {MAX_NONCE_MEMORY}s",
+            )
+        digest = hashlib.sha256(f"{principal.provider}\0{nonce}".encode()).hexdigest()
+        key = NONCE_PREFIX + digest
+        # Kept until no clock within the leeway could still accept the token.
+        if not self._store.set_if_absent(key, b"1", max(1.0, remaining + leeway)):
+            raise InvalidToken("id token already used", log_detail=f"replayed nonce {digest[:16]}")
+        return key
+
+    def release(self, key: str) -> None:
+        """Make a spent nonce usable again: the exchange it started issued nothing."""
+        self._store.delete(key)

@@ -46,7 +46,7 @@ class InspectionClient:
         self._provider = provider
         self._timeouts = (connect_timeout, read_timeout)
         self._max_response_bytes = max_response_bytes
-        self._session = upstream_session(pool_maxsize=64)
+        self._session = upstream_session(pool_maxsize=64, operation="inspection")
 
     def get_json(
         self,

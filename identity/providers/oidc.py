@@ -19,10 +19,11 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from identity.config.models import ProviderBase
 from identity.config.report import Path
 from identity.config.types import NonEmptyStr, Scopes, SecureUrl
+from identity.discovery import OidcDiscovery
 from identity.providers.base import BuildContext, Built, ProviderKind
 from identity.providers.code_flow import (
     CodeFlowProvider,
-    OidcDiscovery,
+    DiscoveredServer,
     id_token_verifier,
     static_secret,
 )
@@ -111,13 +112,17 @@ def build(entry: OidcConfig, context: BuildContext) -> Built:
     """The id-token verifier (``aud`` one of ``audiences``) and the code flow."""
     timeouts = context.aws.timeouts
     algorithms = entry.algorithms or ALGORITHMS
+    # One document for the keys and the code flow: fetched once, whichever needs it first.
+    discovery = OidcDiscovery(
+        entry.issuer, connect_timeout=timeouts.connect, read_timeout=timeouts.read
+    )
     token = IdTokenProvider(
         name=entry.name,
         kind=entry.kind,
         issuers=(entry.issuer,),
         audiences=entry.audiences,
         keys=JwksCache(
-            issuer=entry.issuer,
+            discovery=discovery,
             algorithms=algorithms,
             follow_discovery=entry.algorithms is None,
             connect_timeout=timeouts.connect,
@@ -135,9 +140,7 @@ def build(entry: OidcConfig, context: BuildContext) -> Built:
         client_id=entry.client_id,
         client_secret=static_secret(entry.client_secret),
         scopes=entry.scopes,
-        server=OidcDiscovery(
-            entry.issuer, connect_timeout=timeouts.connect, read_timeout=timeouts.read
-        ),
+        server=DiscoveredServer(discovery),
         verification=id_token_verifier(token, entry.client_id),
         post_logout_redirect_uri=context.service.default_return_to,
         extra_authorize_params={"prompt": "consent"} if offline else None,

@@ -4,14 +4,16 @@ One ``SamlServiceProvider`` per ``kind: saml`` entry (``build_saml_providers``).
 caller owns the browser transaction: it picks an opaque RelayState, calls
 ``authorization_request`` and stores the returned AuthnRequest id under that RelayState;
 at the ACS it takes the id back (once) and calls ``finish``, which returns the verified
-``Principal`` or raises a ``BrokerError``.
+``Principal`` or raises a ``BrokerError``. Single logout goes through ``logout_request``,
+``logout_response_url`` and ``end_session_url`` (the checks live in ``saml_logout``).
 
-What ``finish`` enforces, beyond python3-saml's strict mode (``wantAssertionsSigned``,
-``rejectDeprecatedAlgorithm``, schema validation, one assertion per response):
+What ``finish`` enforces, beyond python3-saml's strict mode (``rejectDeprecatedAlgorithm``,
+schema validation, one assertion per response, every signature present verified):
 
-* before any signature is checked: a ``samlp:Response`` root, no encrypted elements, and
-  every ``ds:Signature`` with one same-document Reference to its parent's ID, SHA-2
-  digests and signature methods, and only c14n and enveloped-signature transforms;
+* before any signature is checked, the message checks of ``saml_checks`` (root, no
+  encrypted elements, SHA-2 signatures that reference their parent);
+* the signature the provider's ``signature`` asks for (``either``: the assertion's or the
+  Response's; ``assertion``; ``response``) covering the one assertion;
 * the Conditions window widened by the provider's ``leeway`` (not the library-wide
   ``ALLOWED_CLOCK_DRIFT``); SubjectConfirmationData and SessionNotOnOrAfter are checked
   by the library without skew;
@@ -27,13 +29,11 @@ after ``is_valid``. The library's reason for a refusal goes to ``log_detail`` on
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import logging
+import re
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,21 +48,35 @@ from onelogin.saml2.errors import OneLogin_Saml2_Error, OneLogin_Saml2_Validatio
 from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
-from onelogin.saml2.xml_utils import OneLogin_Saml2_XML
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from identity.config.models import Problem, ProviderBase, ValidationContext
 from identity.config.report import Path
 from identity.config.types import NonEmptyStr, SecureUrl
-from identity.errors import (
-    AccessDenied,
-    BrokerError,
-    InternalError,
-    InvalidToken,
-    PayloadTooLarge,
-)
+from identity.errors import BrokerError, InternalError, InvalidToken, UnmappableIdentity
 from identity.models import Principal
 from identity.providers.base import BuildContext, Built, ProviderKind, ProviderProblem
+from identity.providers.saml_checks import (
+    MAX_SAML_MESSAGE_BYTES,
+    NS,
+    SignaturePlacement,
+    check_signature_placement,
+    check_size,
+    check_status,
+    check_structure,
+    decode,
+    excerpt,
+    refusal,
+    saml_time,
+)
+from identity.providers.saml_logout import (
+    LogoutBinding,
+    LogoutRequestSeen,
+    SloSettings,
+    logout_request_url,
+    logout_response_url,
+    read_logout_request,
+)
 from identity.providers.saml_metadata import (
     FileMetadataSource,
     IdpMetadata,
@@ -82,82 +96,16 @@ from identity.store import Store
 
 logger = logging.getLogger(__name__)
 
-MAX_SAML_RESPONSE_BYTES: Final = 1024 * 1024
+MAX_SAML_RESPONSE_BYTES: Final = MAX_SAML_MESSAGE_BYTES
 # SAML bindings 3.4.3: an SP's RelayState MUST NOT exceed 80 bytes.
 MAX_RELAY_STATE_BYTES: Final = 80
 SP_METADATA_TTL: Final = 3600.0
 
-_NS: Final = {"samlp": Saml2.NS_SAMLP, "saml": Saml2.NS_SAML, "ds": Saml2.NS_DS}
-_SIGNATURE_METHODS: Final = frozenset(
-    {
-        Saml2.RSA_SHA256,
-        Saml2.RSA_SHA384,
-        Saml2.RSA_SHA512,
-        "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256",
-        "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384",
-        "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha512",
-    }
-)
-_DIGEST_METHODS: Final = frozenset({Saml2.SHA256, Saml2.SHA384, Saml2.SHA512})
-_CANONICALIZATIONS: Final = frozenset(
-    {
-        "http://www.w3.org/2001/10/xml-exc-c14n#",
-        "http://www.w3.org/TR/2001/REC-xml-c14n-20010315",
-        "http://www.w3.org/2006/12/xml-c14n11",
-    }
-)
-_TRANSFORMS: Final = _CANONICALIZATIONS | {"http://www.w3.org/2000/09/xmldsig#enveloped-signature"}
-_ENCRYPTED: Final = "//saml:EncryptedAssertion | //saml:EncryptedID | //saml:EncryptedAttribute"
-
-_STATUS: Final = "urn:oasis:names:tc:SAML:2.0:status:"
-# Second-level status codes by which an IdP says it refused this user.
-_REFUSALS: Final = frozenset(
-    _STATUS + code
-    for code in ("AuthnFailed", "RequestDenied", "UnknownPrincipal", "NoAuthnContext")
-)
 # Claim names the assertion's subject fills; attributes never take them.
 _RESERVED_CLAIMS: Final = frozenset({"name_id", "name_id_format", "session_index"})
-
+# An ``attributes`` short name: what a template can name as a claim.
+_SHORT_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _V = OneLogin_Saml2_ValidationError
-_SAFE_REASONS: Final[Mapping[int, str]] = {
-    **dict.fromkeys(
-        (
-            _V.WRONG_SIGNED_ELEMENT,
-            _V.ID_NOT_FOUND_IN_SIGNED_ELEMENT,
-            _V.DUPLICATED_ID_IN_SIGNED_ELEMENTS,
-            _V.INVALID_SIGNED_ELEMENT,
-            _V.DUPLICATED_REFERENCE_IN_SIGNED_ELEMENTS,
-            _V.UNEXPECTED_SIGNED_ELEMENTS,
-            _V.WRONG_NUMBER_OF_SIGNATURES_IN_RESPONSE,
-            _V.WRONG_NUMBER_OF_SIGNATURES_IN_ASSERTION,
-            _V.WRONG_NUMBER_OF_SIGNATURES,
-            _V.NO_SIGNED_MESSAGE,
-            _V.NO_SIGNED_ASSERTION,
-            _V.NO_SIGNATURE_FOUND,
-            _V.INVALID_SIGNATURE,
-            _V.DEPRECATED_SIGNATURE_METHOD,
-            _V.DEPRECATED_DIGEST_METHOD,
-        ),
-        "signature not accepted",
-    ),
-    _V.WRONG_NUMBER_OF_ASSERTIONS: "expected exactly one assertion",
-    _V.WRONG_INRESPONSETO: "response to another request",
-    _V.ASSERTION_TOO_EARLY: "assertion not yet valid",
-    _V.ASSERTION_EXPIRED: "assertion expired",
-    _V.RESPONSE_EXPIRED: "assertion expired",
-    _V.SESSION_EXPIRED: "assertion expired",
-    _V.WRONG_DESTINATION: "wrong destination",
-    _V.EMPTY_DESTINATION: "wrong destination",
-    _V.WRONG_AUDIENCE: "audience not accepted",
-    _V.ISSUER_MULTIPLE_IN_RESPONSE: "issuer not accepted",
-    _V.ISSUER_NOT_FOUND_IN_ASSERTION: "issuer not accepted",
-    _V.WRONG_ISSUER: "issuer not accepted",
-    _V.WRONG_SUBJECTCONFIRMATION: "subject confirmation failed",
-    _V.NO_NAMEID: "assertion names no subject",
-    _V.EMPTY_NAMEID: "assertion names no subject",
-    _V.SP_NAME_QUALIFIER_NAME_MISMATCH: "name qualifier not accepted",
-    _V.STATUS_CODE_IS_NOT_SUCCESS: "identity provider returned an error",
-}
 
 
 def prepare_request(
@@ -195,9 +143,9 @@ class _Response(OneLogin_Saml2_Response):  # type: ignore[misc]  # python3-saml 
             for conditions in self._query_assertion("/saml:Conditions"):
                 not_before = conditions.get("NotBefore")
                 not_on_or_after = conditions.get("NotOnOrAfter")
-                if not_before and _saml_time(not_before) > now + self.leeway:
+                if not_before and saml_time(not_before) > now + self.leeway:
                     raise _V("assertion not yet valid", _V.ASSERTION_TOO_EARLY)
-                if not_on_or_after and _saml_time(not_on_or_after) + self.leeway <= now:
+                if not_on_or_after and saml_time(not_on_or_after) + self.leeway <= now:
                     raise _V("assertion expired", _V.ASSERTION_EXPIRED)
         except (_V, InvalidToken):
             if raise_exceptions:
@@ -229,6 +177,7 @@ class SamlServiceProvider:
         name: str,
         acs_url: str,
         metadata_url: str,
+        slo_url: str,
         sp_entity_id: str,
         metadata_source: MetadataSource,
         store: Store,
@@ -237,6 +186,9 @@ class SamlServiceProvider:
         sp_key: str | None = None,
         sp_cert: str | None = None,
         name_id_format: str = NAME_ID_FORMATS[DEFAULT_NAME_ID_FORMAT],
+        signature: SignaturePlacement = "either",
+        attributes: Mapping[str, str] | None = None,
+        user_id_reads_name_id: bool = True,
         refresh_interval: float = 6 * 3600.0,
         retry_interval: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
@@ -248,6 +200,7 @@ class SamlServiceProvider:
         self._name = name
         self.entity_id = sp_entity_id
         self.acs_url = acs_url
+        self.slo_url = slo_url
         self.metadata_url = metadata_url
         self.allow_idp_initiated = allow_idp_initiated
         self._store = store
@@ -255,6 +208,9 @@ class SamlServiceProvider:
         self._sp_key = sp_key
         self._sp_cert = sp_cert
         self._name_id_format = name_id_format
+        self._signature = signature
+        self._attributes = dict(attributes or {})
+        self._user_id_reads_name_id = user_id_reads_name_id
         self._clock = clock
         self._sp_settings = self._settings(None)
         self._sp_metadata_lock = threading.Lock()
@@ -324,11 +280,12 @@ class SamlServiceProvider:
         does not verify (including a replayed assertion), and ``UpstreamUnavailable``
         while no IdP metadata is held. The principal's ``issuer`` is the IdP's entity
         id, ``subject`` the NameID; ``claims`` hold ``name_id``, ``name_id_format``,
-        ``session_index`` and every attribute by Name and by FriendlyName (one value: a
-        string; several or none: a list; a Name wins over an equal FriendlyName); the
+        ``session_index`` and every attribute by its ``attributes`` short name, by Name and
+        by FriendlyName (one value: a string; several or none: a list; a short name wins
+        over an equal Name, a Name over an equal FriendlyName); the
         session ends at SessionNotOnOrAfter, else at the confirmation's NotOnOrAfter.
         """
-        _check_size(saml_response_b64)
+        check_size(saml_response_b64)
         if request_id is None and not self.allow_idp_initiated:
             raise InvalidToken(
                 "unsolicited response",
@@ -339,22 +296,22 @@ class SamlServiceProvider:
         response, idp = self._validated(saml_response_b64, request_id)
         confirmed_until = self._check_binding(response.document, request_id)
         principal = self._principal(response, idp, confirmed_until)
-        assertion = response.document.xpath("/samlp:Response/saml:Assertion", namespaces=_NS)[0]
+        assertion = response.document.xpath("/samlp:Response/saml:Assertion", namespaces=NS)[0]
         self._accept_once(assertion.get("ID", ""), self._replay_window(assertion, confirmed_until))
         return principal
 
     def check_assertion(self, saml_response_b64: str) -> Principal:
         """``finish`` for a dry run (``explain``): no InResponseTo check, nothing marked used."""
-        _check_size(saml_response_b64)
+        check_size(saml_response_b64)
         response, idp = self._validated(saml_response_b64, None)
         confirmed_until = self._check_binding(response.document, None, dry_run=True)
         return self._principal(response, idp, confirmed_until)
 
     def _validated(self, value: str, request_id: str | None) -> tuple[_Response, _IdpContext]:
         """The response checked in strict mode, and the IdP metadata it was checked with."""
-        encoded, document = _decode(value)
-        _check_structure(document)
-        _check_status(document)
+        encoded, document = decode(value)
+        check_structure(document)
+        check_status(document)
 
         idp = self.metadata_cache.current()
         try:
@@ -363,13 +320,14 @@ class SamlServiceProvider:
                 self._request_data({"SAMLResponse": encoded}), request_id, raise_exceptions=True
             )
         except _V as e:
-            raise _refusal(e) from None
+            raise refusal(e) from None
         except BrokerError:
             raise
         except Exception as e:  # python3-saml and xmlsec raise bare and assorted exceptions
             raise InvalidToken(
-                "SAML response not accepted", log_detail=f"python3-saml: {_excerpt(e)}"
+                "SAML response not accepted", log_detail=f"python3-saml: {excerpt(e)}"
             ) from e
+        check_signature_placement(response.document, self._signature)
         return response, idp
 
     def _principal(self, response: _Response, idp: _IdpContext, confirmed_until: int) -> Principal:
@@ -381,15 +339,21 @@ class SamlServiceProvider:
             by_name = response.get_attributes()
             by_friendly_name = response.get_friendlyname_attributes()
         except _V as e:
-            raise _refusal(e) from None
+            raise refusal(e) from None
         except Exception as e:  # python3-saml raises bare exceptions
             raise InvalidToken(
-                "SAML response not accepted", log_detail=f"python3-saml: {_excerpt(e)}"
+                "SAML response not accepted", log_detail=f"python3-saml: {excerpt(e)}"
             ) from e
         subject = name_id.get("Value")
         if not isinstance(subject, str) or not subject:
             raise InvalidToken("assertion names no subject", log_detail="empty NameID")
-        claims = _claims(by_name, by_friendly_name)
+        if name_id.get("Format") == NAME_ID_FORMATS["transient"] and self._user_id_reads_name_id:
+            raise UnmappableIdentity(
+                "the IdP sent a transient NameID, which changes at every sign-in: configure "
+                "a persistent NameID at the IdP, or build map.user_id from a stable attribute",
+                log_detail=f"transient NameID; provider {self._name!r} reads name_id",
+            )
+        claims = _claims(by_name, by_friendly_name, self._attributes)
         claims["name_id"] = subject
         if name_id.get("Format"):
             claims["name_id_format"] = name_id["Format"]
@@ -413,39 +377,37 @@ class SamlServiceProvider:
             if request_id is not None and in_response_to is None:
                 raise InvalidToken(
                     "unsolicited response",
-                    log_detail=f"no InResponseTo; expected request {_excerpt(request_id)}",
+                    log_detail=f"no InResponseTo; expected request {excerpt(request_id)}",
                 )
             raise InvalidToken(
                 "response to another request",
-                log_detail=f"InResponseTo {_excerpt(in_response_to)}, "
-                f"expected {_excerpt(request_id)}",
+                log_detail=f"InResponseTo {excerpt(in_response_to)}, "
+                f"expected {excerpt(request_id)}",
             )
         destination = root.get("Destination")
         if destination is not None and destination != self.acs_url:
             raise InvalidToken(
-                "wrong destination", log_detail=f"Destination {_excerpt(destination)}"
+                "wrong destination", log_detail=f"Destination {excerpt(destination)}"
             )
 
-        assertion = root.xpath("/samlp:Response/saml:Assertion", namespaces=_NS)
+        assertion = root.xpath("/samlp:Response/saml:Assertion", namespaces=NS)
         if len(assertion) != 1:
             raise InvalidToken("expected exactly one assertion", log_detail="after validation")
-        restrictions = assertion[0].xpath(
-            "saml:Conditions/saml:AudienceRestriction", namespaces=_NS
-        )
+        restrictions = assertion[0].xpath("saml:Conditions/saml:AudienceRestriction", namespaces=NS)
         if not restrictions:
             raise InvalidToken("audience not accepted", log_detail="no AudienceRestriction")
         for restriction in restrictions:
-            audiences = [a.text for a in restriction.xpath("saml:Audience", namespaces=_NS)]
+            audiences = [a.text for a in restriction.xpath("saml:Audience", namespaces=NS)]
             if self.entity_id not in audiences:
                 raise InvalidToken(
-                    "audience not accepted", log_detail=f"Audience {_excerpt(audiences)}"
+                    "audience not accepted", log_detail=f"Audience {excerpt(audiences)}"
                 )
 
         now = OneLogin_Saml2_Utils.now()
         for data in assertion[0].xpath(
             "saml:Subject/saml:SubjectConfirmation[@Method=$bearer]/saml:SubjectConfirmationData",
             bearer=Saml2.CM_BEARER,
-            namespaces=_NS,
+            namespaces=NS,
         ):
             not_on_or_after = data.get("NotOnOrAfter")
             if (
@@ -453,20 +415,20 @@ class SamlServiceProvider:
                 and (dry_run or data.get("InResponseTo") == request_id)
                 and not_on_or_after is not None
             ):
-                until = _saml_time(not_on_or_after)
+                until = saml_time(not_on_or_after)
                 if until > now:
                     return until
         raise InvalidToken(
             "subject confirmation failed",
             log_detail=f"no current bearer confirmation for {self.acs_url} "
-            f"in response to {_excerpt(request_id)} with NotOnOrAfter",
+            f"in response to {excerpt(request_id)} with NotOnOrAfter",
         )
 
     def _replay_window(self, assertion: etree._Element, confirmed_until: int) -> float:
         """Seconds for which the assertion could still be accepted."""
         until = confirmed_until
-        for conditions in assertion.xpath("saml:Conditions[@NotOnOrAfter]", namespaces=_NS):
-            until = max(until, _saml_time(conditions.get("NotOnOrAfter")))
+        for conditions in assertion.xpath("saml:Conditions[@NotOnOrAfter]", namespaces=NS):
+            until = max(until, saml_time(conditions.get("NotOnOrAfter")))
         return max(1.0, until + self._leeway - time.time())
 
     def _accept_once(self, assertion_id: str, ttl: float) -> None:
@@ -475,6 +437,67 @@ class SamlServiceProvider:
             raise InvalidToken(
                 "assertion already used", log_detail=f"replayed assertion {digest[:16]}"
             )
+
+    # ------------------------------------------------------------------ single logout
+
+    def logout_request(
+        self, binding: LogoutBinding, params: Mapping[str, str], query_string: str
+    ) -> LogoutRequestSeen:
+        """The verified IdP-initiated LogoutRequest (see ``saml_logout``)."""
+        idp = self.metadata_cache.current()
+        request_data = prepare_request(
+            self.slo_url,
+            params if binding == "post" else {},
+            params if binding == "redirect" else {},
+        )
+        request_data.update(query_string=query_string, validate_signature_from_qs=True)
+        return read_logout_request(
+            provider=self._name,
+            binding=binding,
+            params=params,
+            request_data=request_data,
+            settings=idp.settings,
+            idp_entity_id=idp.metadata.entity_id,
+            idp_certificates=idp.metadata.signing_certificates,
+            slo_url=self.slo_url,
+            leeway=self._leeway,
+            store=self._store,
+        )
+
+    def logout_response_url(
+        self, request: LogoutRequestSeen, relay_state: str | None
+    ) -> str | None:
+        """The IdP's SLO response URL with a LogoutResponse to ``request`` (signed when the
+        SP has a key), or None when the IdP has no HTTP-Redirect SingleLogoutService."""
+        idp = self.metadata_cache.current()
+        if idp.metadata.slo_url is None:
+            return None
+        return logout_response_url(
+            idp.settings,
+            prepare_request(self.slo_url, {}, {}),
+            in_response_to=request.id,
+            relay_state=relay_state,
+            signed=self._sp_key is not None,
+        )
+
+    def end_session_url(
+        self, *, name_id: str, name_id_format: str | None, session_index: str | None
+    ) -> str | None:
+        """The IdP's SLO URL with a signed LogoutRequest for ``name_id`` (and
+        ``session_index``); None without an SP key, IdP metadata or an HTTP-Redirect
+        SingleLogoutService at the IdP."""
+        if self._sp_key is None or not self.metadata_cache.loaded:
+            return None
+        idp = self.metadata_cache.current()
+        if idp.metadata.slo_url is None:
+            return None
+        return logout_request_url(
+            idp.settings,
+            prepare_request(self.slo_url, {}, {}),
+            name_id=name_id,
+            name_id_format=name_id_format,
+            session_index=session_index,
+        )
 
     # ------------------------------------------------------------------ SP metadata
 
@@ -523,6 +546,10 @@ class SamlServiceProvider:
                     "url": self.acs_url,
                     "binding": Saml2.BINDING_HTTP_POST,
                 },
+                "singleLogoutService": {
+                    "url": self.slo_url,
+                    "binding": Saml2.BINDING_HTTP_REDIRECT,
+                },
                 "NameIDFormat": self._name_id_format,
                 "x509cert": self._sp_cert or "",
                 "privateKey": self._sp_key or "",
@@ -531,10 +558,14 @@ class SamlServiceProvider:
                 "authnRequestsSigned": signing,
                 "signMetadata": signing,
                 "metadataCacheDuration": SP_METADATA_CACHE_SECONDS,
-                "logoutRequestSigned": False,
-                "logoutResponseSigned": False,
-                "wantMessagesSigned": False,
-                "wantAssertionsSigned": True,
+                "logoutRequestSigned": signing,
+                "logoutResponseSigned": signing,
+                # Signatures of Responses: python3-saml verifies every one present and
+                # check_signature_placement requires the configured one.
+                "wantMessagesSigned": self._signature == "response",
+                # The SP metadata asks IdPs to sign assertions unless only Responses count.
+                "wantAssertionsSigned": self._signature == "assertion"
+                or (idp is None and self._signature == "either"),
                 "wantAssertionsEncrypted": False,
                 "wantNameIdEncrypted": False,
                 "wantNameId": True,
@@ -560,118 +591,30 @@ class SamlServiceProvider:
                 },
                 "x509certMulti": {"signing": list(idp.signing_certificates)},
             }
+            if idp.slo_url is not None:
+                settings["idp"]["singleLogoutService"] = {
+                    "url": idp.slo_url,
+                    "responseUrl": idp.slo_response_url,
+                    "binding": Saml2.BINDING_HTTP_REDIRECT,
+                }
         try:
-            return OneLogin_Saml2_Settings(settings, sp_validation_only=idp is None)
+            return SloSettings(settings, sp_validation_only=idp is None)
         except OneLogin_Saml2_Error as e:
             if idp is None:
                 raise ProviderProblem(("sp_entity_id",), f"python3-saml refuses it: {e}") from None
             raise ValueError(f"python3-saml refuses the IdP metadata: {e}") from None
 
 
-# ---------------------------------------------------------------------- checks
-
-
-def _check_size(value: object) -> None:
-    """Refuse a SAMLResponse that is not text or is over 1 MiB."""
-    if not isinstance(value, str):
-        raise InvalidToken("malformed SAML response", log_detail="SAMLResponse is not text")
-    if len(value) > MAX_SAML_RESPONSE_BYTES:
-        size = f"SAMLResponse of {len(value)} bytes"
-        raise PayloadTooLarge("SAML response too large", log_detail=size)
-
-
-def _decode(value: str) -> tuple[str, etree._Element]:
-    """The base64 text without line breaks, and the document parsed with python3-saml's
-    parser (no DTD, no entities, no network, comments dropped)."""
-    # Base64 from IdPs may be wrapped in lines; nothing else outside the alphabet passes.
-    encoded = "".join(value.split())
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidToken(
-            "malformed SAML response", log_detail="SAMLResponse is not base64"
-        ) from None
-    try:
-        return encoded, OneLogin_Saml2_XML.to_etree(raw)
-    except (etree.LxmlError, ValueError) as e:
-        raise InvalidToken(
-            "malformed SAML response", log_detail=f"not acceptable XML: {_excerpt(e)}"
-        ) from None
-
-
-def _check_structure(root: etree._Element) -> None:
-    """Refuse what the signature check should never see: another root, encrypted
-    elements, and signatures that are not one SHA-2 reference to their parent."""
-    if root.tag != f"{{{Saml2.NS_SAMLP}}}Response":
-        raise InvalidToken("malformed SAML response", log_detail=f"root element {root.tag}")
-    if root.xpath(_ENCRYPTED, namespaces=_NS):
-        raise InvalidToken(
-            "encrypted assertions are not supported", log_detail="encrypted element present"
-        )
-    for signature in root.xpath("//ds:Signature", namespaces=_NS):
-        problem = _signature_problem(signature)
-        if problem is not None:
-            raise InvalidToken("signature not accepted", log_detail=problem)
-
-
-def _signature_problem(signature: etree._Element) -> str | None:
-    signed_info = signature.xpath("ds:SignedInfo", namespaces=_NS)
-    if len(signed_info) != 1:
-        return "a Signature without exactly one SignedInfo"
-    info = signed_info[0]
-    methods = info.xpath("ds:CanonicalizationMethod/@Algorithm", namespaces=_NS)
-    if len(methods) != 1 or methods[0] not in _CANONICALIZATIONS:
-        return f"canonicalization {_excerpt(methods)}"
-    methods = info.xpath("ds:SignatureMethod/@Algorithm", namespaces=_NS)
-    if len(methods) != 1 or methods[0] not in _SIGNATURE_METHODS:
-        return f"signature method {_excerpt(methods)}"
-    references = info.xpath("ds:Reference", namespaces=_NS)
-    if len(references) != 1:
-        return f"{len(references)} References in one Signature"
-    reference = references[0]
-    parent = signature.getparent()
-    parent_id = parent.get("ID") if parent is not None else None
-    if not parent_id or reference.get("URI") != "#" + parent_id:
-        return f"Reference URI {_excerpt(reference.get('URI'))} is not its parent's ID"
-    digests = reference.xpath("ds:DigestMethod/@Algorithm", namespaces=_NS)
-    if len(digests) != 1 or digests[0] not in _DIGEST_METHODS:
-        return f"digest method {_excerpt(digests)}"
-    transforms = reference.xpath("ds:Transforms/ds:Transform/@Algorithm", namespaces=_NS)
-    if not set(transforms) <= _TRANSFORMS:
-        return f"transforms {_excerpt(transforms)}"
-    return None
-
-
-def _check_status(root: etree._Element) -> None:
-    """Turn a non-success status into ``AccessDenied`` (the IdP refused the user:
-    top-level Responder, or AuthnFailed, RequestDenied, UnknownPrincipal, NoAuthnContext)
-    or ``InvalidToken`` (anything else, e.g. Requester or VersionMismatch)."""
-    codes = root.xpath("samlp:Status/samlp:StatusCode/@Value", namespaces=_NS)
-    if len(codes) != 1:
-        raise InvalidToken("malformed SAML response", log_detail="no single StatusCode")
-    top = codes[0]
-    if top == Saml2.STATUS_SUCCESS:
-        return
-    second = root.xpath("samlp:Status/samlp:StatusCode/samlp:StatusCode/@Value", namespaces=_NS)
-    messages = root.xpath("samlp:Status/samlp:StatusMessage", namespaces=_NS)
-    log_detail = f"status {_excerpt(top)} / {_excerpt(second)}"
-    if messages:
-        log_detail += f": {_excerpt(OneLogin_Saml2_XML.element_text(messages[0]))}"
-    if top == Saml2.STATUS_RESPONDER or any(code in _REFUSALS for code in second):
-        raise AccessDenied("the identity provider refused the sign-in", log_detail=log_detail)
-    raise InvalidToken("identity provider returned an error", log_detail=log_detail)
-
-
-def _refusal(error: OneLogin_Saml2_ValidationError) -> BrokerError:
-    reason = _SAFE_REASONS.get(error.code, "SAML response not accepted")
-    return InvalidToken(reason, log_detail=f"python3-saml: {_excerpt(error)}")
-
-
 def _claims(
-    by_name: Mapping[str, list[Any]], by_friendly_name: Mapping[str, list[Any]]
+    by_name: Mapping[str, list[Any]],
+    by_friendly_name: Mapping[str, list[Any]],
+    aliases: Mapping[str, str],
 ) -> dict[str, Any]:
+    """Every attribute by its short name from ``aliases``, by Name and by FriendlyName (one
+    value: a string; several or none: a list; an alias wins, then a Name)."""
     claims: dict[str, Any] = {}
-    for attributes in (by_name, by_friendly_name):
+    aliased = {short: by_name[name] for short, name in aliases.items() if name in by_name}
+    for attributes in (aliased, by_name, by_friendly_name):
         for key, values in attributes.items():
             if key in _RESERVED_CLAIMS or key in claims:
                 continue
@@ -691,19 +634,6 @@ def _attribute_text(value: Any) -> str | None:
     return None
 
 
-def _saml_time(value: str | None) -> int:
-    try:
-        return int(OneLogin_Saml2_Utils.parse_SAML_to_time(value))
-    except Exception as e:  # python3-saml raises a bare Exception for a bad time
-        raise InvalidToken("malformed SAML response", log_detail=f"time {_excerpt(value)}") from e
-
-
-def _excerpt(value: object, limit: int = 300) -> str:
-    """``value`` for a log line: control characters dropped, at most ``limit`` chars."""
-    text = "".join(ch for ch in str(value) if unicodedata.category(ch) != "Cc")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 # ---------------------------------------------------------------------- config, building
 
 
@@ -711,6 +641,7 @@ class SamlConfig(ProviderBase):
     """A SAML 2.0 IdP, by its metadata (file or URL)."""
 
     default_user_id: ClassVar[str] = "{name_id}"
+    stable_claim: ClassVar[str] = "name_id"
     nonce_capable: ClassVar[bool] = False
     pool_can_verify: ClassVar[bool] = False
     described_as: ClassVar[str] = "SAML providers"
@@ -723,6 +654,8 @@ class SamlConfig(ProviderBase):
     sp_cert: NonEmptyStr | None = None
     allow_idp_initiated: bool = False
     name_id_format: NameIdFormat = DEFAULT_NAME_ID_FORMAT
+    signature: SignaturePlacement = "either"
+    attributes: dict[str, NonEmptyStr] = Field(default_factory=dict)
 
     def endpoint_urls(self) -> list[tuple[Path, str]]:
         return self.urls("idp_metadata_url")
@@ -738,7 +671,21 @@ class SamlConfig(ProviderBase):
         if (self.sp_key is None) != (self.sp_cert is None):
             missing = "sp_cert" if self.sp_cert is None else "sp_key"
             problems.append(((missing,), "sp_key and sp_cert go together"))
+        for short in self.attributes:
+            if _SHORT_NAME.fullmatch(short) is None:
+                problems.append(
+                    (("attributes", short), "a short name is letters, digits and _ (a claim name)")
+                )
+            elif short in _RESERVED_CLAIMS:
+                problems.append((("attributes", short), "is filled from the assertion's subject"))
         return problems
+
+    def is_mutable_claim(self, claim: str) -> bool:
+        """An alias reads what its attribute Name reads."""
+        name = self.attributes.get(claim.split(".", 1)[0])
+        return super().is_mutable_claim(claim) or (
+            name is not None and super().is_mutable_claim(name)
+        )
 
 
 def build_saml(
@@ -771,6 +718,7 @@ def build_saml(
         name=entry.name,
         acs_url=context.endpoints.acs_url(entry.name),
         metadata_url=context.endpoints.metadata_url(entry.name),
+        slo_url=context.endpoints.slo_url(entry.name),
         sp_entity_id=entry.sp_entity_id,
         metadata_source=source,
         store=context.store,
@@ -779,6 +727,9 @@ def build_saml(
         sp_key=entry.sp_key.get_secret_value() if entry.sp_key is not None else None,
         sp_cert=entry.sp_cert,
         name_id_format=NAME_ID_FORMATS[entry.name_id_format],
+        signature=entry.signature,
+        attributes=entry.attributes,
+        user_id_reads_name_id="name_id" in entry.user_id_template.fields,
     )
     if entry.idp_metadata_file is not None and not sp.metadata_cache.refresh():
         raise ProviderProblem(("idp_metadata_file",), sp.metadata_cache.last_error or "unusable")

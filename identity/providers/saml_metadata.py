@@ -1,10 +1,11 @@
 """SAML IdP metadata: where it comes from, what the broker reads from it, how it is kept.
 
-``parse_idp_metadata`` reads one IdP's entity id, HTTP-Redirect SSO URL and signing
-certificates from a metadata document (parsed with python3-saml's hardened parser: no
-DTDs, no entities, no network). ``FileMetadataSource`` and ``UrlMetadataSource`` fetch
-the document; ``MetadataCache`` keeps the last good copy, refreshes it when it is due and
-keeps serving that copy when a refresh fails.
+``parse_idp_metadata`` reads one IdP's entity id, HTTP-Redirect SSO URL, HTTP-Redirect
+single logout URLs (when it has them) and signing certificates from a metadata document
+(parsed with python3-saml's hardened parser: no DTDs, no entities, no network).
+``FileMetadataSource`` and ``UrlMetadataSource`` fetch the document; ``MetadataCache``
+keeps the last good copy, refreshes it when it is due and keeps serving that copy when a
+refresh fails.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class IdpMetadata:
     sso_url: str
     signing_certificates: tuple[str, ...]
     want_authn_requests_signed: bool
+    slo_url: str | None = None
+    slo_response_url: str | None = None
 
 
 def parse_idp_metadata(document: bytes) -> IdpMetadata:
@@ -100,12 +103,15 @@ def parse_idp_metadata(document: bytes) -> IdpMetadata:
         raise MetadataError("the entity has more than one SAML 2.0 IDPSSODescriptor")
     descriptor = descriptors[0]
     _check_valid_until(descriptor)
+    slo = _slo_urls(descriptor)
 
     return IdpMetadata(
         entity_id=entity_id,
         sso_url=_sso_url(descriptor),
         signing_certificates=_signing_certificates(descriptor),
         want_authn_requests_signed=descriptor.get("WantAuthnRequestsSigned") in ("true", "1"),
+        slo_url=slo[0] if slo else None,
+        slo_response_url=slo[1] if slo else None,
     )
 
 
@@ -137,18 +143,37 @@ def _sso_url(descriptor: etree._Element) -> str:
     )
     if not services:
         raise MetadataError("no SingleSignOnService with the HTTP-Redirect binding")
-    location = services[0].get("Location") or ""
+    return _secure_url("SingleSignOnService Location", services[0].get("Location") or "")
+
+
+def _slo_urls(descriptor: etree._Element) -> tuple[str, str] | None:
+    """The HTTP-Redirect SingleLogoutService's Location and ResponseLocation (default:
+    the Location), or None when the IdP offers none."""
+    services = descriptor.xpath(
+        "md:SingleLogoutService[@Binding=$binding]",
+        binding=BINDING_HTTP_REDIRECT,
+        namespaces=_NS,
+    )
+    if not services:
+        return None
+    location = _secure_url("SingleLogoutService Location", services[0].get("Location") or "")
+    response = services[0].get("ResponseLocation")
+    if response is None:
+        return location, location
+    return location, _secure_url("SingleLogoutService ResponseLocation", response)
+
+
+def _secure_url(what: str, location: str) -> str:
     try:
         parts = urlsplit(location)
     except ValueError:
-        raise MetadataError(f"SingleSignOnService Location {location!r} is not a URL") from None
+        raise MetadataError(f"{what} {location!r} is not a URL") from None
     secure = parts.scheme == "https" or (
         parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS
     )
     if not secure or not parts.hostname:
         raise MetadataError(
-            f"SingleSignOnService Location {location!r} must be an https URL "
-            "(plain http only on a loopback host)"
+            f"{what} {location!r} must be an https URL (plain http only on a loopback host)"
         )
     return location
 
@@ -231,7 +256,11 @@ class UrlMetadataSource:
         ):
             raise ValueError(f"{url!r}: metadata URLs must be https (plain http only on loopback)")
         self._url = url
-        self._session = session if session is not None else upstream_session(pool_maxsize=2)
+        self._session = (
+            session
+            if session is not None
+            else upstream_session(pool_maxsize=2, operation="saml_metadata")
+        )
         self._timeouts = (connect_timeout, read_timeout)
         self._max_bytes = max_bytes
 

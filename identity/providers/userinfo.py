@@ -62,7 +62,7 @@ class UserinfoClaims:
             max_age=None,
         )
         self._timeouts = (connect_timeout, read_timeout)
-        self._session = upstream_session(pool_maxsize=4)
+        self._session = upstream_session(pool_maxsize=4, operation="userinfo")
 
     def merged(self, principal: Principal, endpoint: str, access_token: str) -> Principal:
         """``principal`` with the userinfo claims merged under its own."""

@@ -46,6 +46,16 @@ _THROTTLED: Final = frozenset(
     }
 )
 
+
+class DeadlineExceeded(BotoCoreError):
+    """No time was left in ``aws.timeouts.total`` for another attempt of an AWS call."""
+
+    fmt = "{operation}: no time left for attempt {attempt} within {total} s"
+
+
+# AWS saying it cannot serve now (HTTP 503): ``upstream_unavailable``, not an error to fix.
+_UNAVAILABLE: Final = frozenset({"ServiceUnavailable", "ServiceUnavailableException"})
+
 # What an admin can do about the answers that need fixing on the AWS side.
 _EXPLAINED: Final = {
     "ResourceNotFoundException": "{name} does not know the identity pool or the identity",
@@ -68,6 +78,41 @@ _RETRY_AFTER_MIN: Final = 1
 _RETRY_AFTER_SPREAD: Final = 5
 
 
+# AWS error codes counted under their own name in metrics; any other is ``other``.
+_COUNTED: Final = frozenset(
+    {
+        *_THROTTLED,
+        *_EXPLAINED,
+        "NotAuthorizedException",
+        "AccessDenied",
+        "AccessDeniedException",
+        "ExpiredTokenException",
+        "InternalFailure",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "ServiceFailureException",
+        "BadRequestException",
+        "ConflictException",
+        "ForbiddenException",
+        "NotFoundException",
+        "UnauthorizedClientException",
+        "ResourceLimitExceededException",
+        "ValidationException",
+    }
+)
+
+
+def is_throttling(code: str) -> bool:
+    """Whether ``code`` is AWS saying the broker calls too often."""
+    return code in _THROTTLED
+
+
+def counted_code(code: str) -> str:
+    """``code`` if it is one of a closed set of AWS error codes, else ``other``."""
+    return code if code in _COUNTED else "other"
+
+
 def error_code(error: BaseException) -> str | None:
     """The AWS error code of a ``ClientError``, else None."""
     if isinstance(error, ClientError):
@@ -79,11 +124,13 @@ def error_code(error: BaseException) -> str | None:
 def translate(error: Exception, *, service: str) -> BrokerError:
     """The :class:`BrokerError` for a failed call to ``service`` (a botocore service name).
 
-    Cognito refusing the token is ``invalid_token``; throttling is ``rate_limited``
-    with a ``retry_after`` of 1 to 5 s; a connection that cannot be made or breaks is
-    ``upstream_unavailable``; a read timeout is ``upstream_timeout``; every other AWS
-    answer is ``upstream_error``. A ``BrokerError`` passes through unchanged and
-    anything that is not from botocore is an ``internal_error``.
+    Cognito refusing the token is ``invalid_token``; throttling is ``rate_limited`` and
+    AWS answering 503 is ``upstream_unavailable``, both with a ``retry_after`` of 1 to
+    5 s; a connection that cannot be made or breaks is ``upstream_unavailable``; a read
+    timeout, or no time left in ``aws.timeouts.total`` for another attempt, is
+    ``upstream_timeout``; every other AWS answer is ``upstream_error``. A ``BrokerError``
+    passes through unchanged and anything that is not from botocore is an
+    ``internal_error``.
     """
     if isinstance(error, BrokerError):
         return error
@@ -91,13 +138,18 @@ def translate(error: Exception, *, service: str) -> BrokerError:
     if isinstance(error, ClientError):
         return _client_error(error, service=service, name=name)
     log_detail = f"{service}: {type(error).__name__}: {error}"
-    if isinstance(error, ReadTimeoutError):
+    if isinstance(error, ReadTimeoutError | DeadlineExceeded):
         return UpstreamTimeout(f"{name} did not answer in time", log_detail=log_detail)
     if isinstance(error, ConnectionError | ConnectionClosedError):
         return UpstreamUnavailable(f"could not reach {name}", log_detail=log_detail)
     if isinstance(error, BotoCoreError):
         return UpstreamError(f"the call to {name} failed", log_detail=log_detail)
     return InternalError(log_detail=log_detail)
+
+
+def _http_status(error: ClientError) -> int | None:
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status if isinstance(status, int) else None
 
 
 def _client_error(error: ClientError, *, service: str, name: str) -> BrokerError:
@@ -110,6 +162,12 @@ def _client_error(error: ClientError, *, service: str, name: str) -> BrokerError
     if code in _THROTTLED:
         return RateLimited(
             f"{name} is throttling the broker; retry shortly",
+            log_detail=log_detail,
+            retry_after=_RETRY_AFTER_MIN + secrets.randbelow(_RETRY_AFTER_SPREAD),
+        )
+    if code in _UNAVAILABLE or _http_status(error) == 503:
+        return UpstreamUnavailable(
+            f"{name} is unavailable; retry shortly",
             log_detail=log_detail,
             retry_after=_RETRY_AFTER_MIN + secrets.randbelow(_RETRY_AFTER_SPREAD),
         )

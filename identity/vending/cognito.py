@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final, Literal
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import TypeAdapter
 
+from identity import telemetry
 from identity.aws import AwsClients
 from identity.config.document import BrokerConfig
 from identity.config.models import CognitoConfig
@@ -101,6 +102,7 @@ class _CognitoCalls:
 
     def _cached_identity(self, key: str) -> str | None:
         cached = read_record(_CACHED_IDENTITY, self._store.get(key))
+        telemetry.current().cache_lookup("identity_id", cached is not None)
         return cached.identity_id if cached is not None else None
 
     def _remember_identity(self, key: str, identity_id: str) -> None:

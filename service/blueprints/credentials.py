@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, jsonify
 
+from service.blueprints.saml import end_session_url as saml_end_session_url
 from service.responses import credentials_account, credentials_response, rfc3339
 from service.runtime import runtime
 from service.sessions import clear_session_cookie, container_token, session_token
@@ -35,7 +36,7 @@ def container() -> Response:
 @bp.post("/logout")
 def logout() -> Response:
     record = runtime().broker.end_session(session_token())
-    response = jsonify(end_session_url=record.end_session_url)
+    response = jsonify(end_session_url=record.end_session_url or saml_end_session_url(record))
     if g.get("session_from_cookie"):
         clear_session_cookie(response)
     return response

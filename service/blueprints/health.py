@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from importlib import resources
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from identity.errors import StoreError, UpstreamUnavailable
+from service.openapi import served_document
 from service.runtime import runtime
+from service.version import package_version
 
 log = logging.getLogger("chime_broker.health")
 
@@ -24,10 +24,8 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> Response:
     rt = runtime()
-    try:
-        rt.store.ping()
-    except StoreError as e:
-        raise UpstreamUnavailable("the state store is unreachable", log_detail=str(e)) from e
+    # A StoreError answers 503 with Retry-After (service.errors), warned of once per interval.
+    rt.store.ping()
     checks: dict[str, Any] = {"config": "ok", "store": "ok"}
     # Reported, not required: the other providers keep working while an IdP's metadata
     # cannot be fetched.
@@ -48,7 +46,9 @@ def metrics() -> Response:
 def openapi() -> Response:
     document = current_app.extensions.get("chime_broker_openapi")
     if document is None:
-        document = resources.files("service").joinpath("openapi.json").read_bytes()
+        document = served_document(
+            public_url=runtime().config.service.public_url, version=package_version()
+        )
         current_app.extensions["chime_broker_openapi"] = document
     response = Response(document, mimetype="application/json")
     response.headers["Access-Control-Allow-Origin"] = "*"

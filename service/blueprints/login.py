@@ -2,15 +2,15 @@
 identity provider (``GET /v1/login/{provider}``), the way back (``GET``/``POST
 /v1/callback/{provider}``) and who is signed in (``GET /v1/session``).
 
-The login transaction is bound to the browser that began it by the pre-login cookie: a
-random value only, ``SameSite=None; Secure`` because Apple's form_post and SAML's ACS come
-back as cross-site POSTs, and ``__Host-`` so that no sibling site can plant one.
+Each login in flight lives in a pre-login cookie of its own (the sealed transaction,
+named ``{pre-login name}_{slot}``; see ``identity.logins``), so a start writes nothing to
+the store. ``SameSite=None; Secure`` because Apple's form_post and SAML's ACS come back as
+cross-site POSTs, and ``__Host-`` so that no sibling site can plant one.
 """
 
 from __future__ import annotations
 
 import re
-import secrets
 from datetime import UTC, datetime
 from typing import Final
 
@@ -19,13 +19,14 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response as BaseResponse
 
 from identity.errors import InvalidRequest
-from identity.logins import LOGIN_TTL, LoginStep
+from identity.logins import LOGIN_TTL, LoginStep, PreLoginCookie
 from identity.mapping import app_instance_user_arn
 from service.endpoints import API, CALLBACK, LOGIN
 from service.responses import rfc3339
 from service.runtime import runtime
 from service.sessions import (
     forget_ended_session_cookie,
+    pre_login_cookie_name_for,
     session_cookie,
     session_token,
     set_session_cookie,
@@ -34,21 +35,44 @@ from service.sessions import (
 bp = Blueprint("login", __name__, url_prefix=API)
 bp.after_app_request(forget_ended_session_cookie)
 
-_PRE_LOGIN_VALUE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+_PRE_LOGIN_SLOT: Final = re.compile(r"[A-Za-z0-9_-]{16}")
+_MAX_PRE_LOGIN: Final = 4096
 _LOGIN_PARAMS: Final = ("return_to", "code_challenge", "code_challenge_method")
 _CALLBACK_PARAMS: Final = ("state", "code", "error", "iss")
 _MAX_PARAM: Final = 4096
 
 
 def pre_login_cookie_name() -> str:
-    """``__Host-{service.cookie_name}_login``."""
-    return f"__Host-{runtime().config.service.cookie_name}_login"
+    """``__Host-{service.cookie_name}_login`` (never prefixed twice)."""
+    return pre_login_cookie_name_for(runtime().config)
 
 
-def pre_login_value() -> str | None:
-    """The random value of this browser's pre-login cookie, when it has a well-formed one."""
-    value = request.cookies.get(pre_login_cookie_name())
-    return value if value is not None and _PRE_LOGIN_VALUE.fullmatch(value) else None
+def pre_login_cookies() -> dict[str, str]:
+    """This browser's pre-login cookies, one per login in flight, by slot."""
+    prefix = pre_login_cookie_name() + "_"
+    found: dict[str, str] = {}
+    for name, value in request.cookies.items():
+        slot = name.removeprefix(prefix)
+        if slot != name and _PRE_LOGIN_SLOT.fullmatch(slot) and len(value) <= _MAX_PRE_LOGIN:
+            found[slot] = value
+    return found
+
+
+def _set_pre_login_cookies(response: BaseResponse, changes: tuple[PreLoginCookie, ...]) -> None:
+    for change in changes:
+        name = f"{pre_login_cookie_name()}_{change.slot}"
+        if change.value is None:
+            response.delete_cookie(name, path="/", secure=True, httponly=True, samesite="None")
+        else:
+            response.set_cookie(
+                name,
+                change.value,
+                max_age=LOGIN_TTL,
+                path="/",
+                secure=True,
+                httponly=True,
+                samesite="None",
+            )
 
 
 def _single(source: MultiDict[str, str], names: tuple[str, ...]) -> dict[str, str]:
@@ -87,27 +111,15 @@ def providers() -> Response:
 @bp.get(LOGIN)
 def login(provider: str) -> BaseResponse:
     params = _single(request.args, _LOGIN_PARAMS)
-    # A browser with a pre-login cookie keeps it, so logins in two tabs both succeed.
-    pre_login = pre_login_value() or secrets.token_urlsafe(32)
+    # A cookie per login, so logins started at once in two tabs both finish.
     step = runtime().logins.begin(
         provider,
-        pre_login=pre_login,
+        in_flight=pre_login_cookies(),
         return_to=params.get("return_to"),
         code_challenge=params.get("code_challenge"),
         code_challenge_method=params.get("code_challenge_method"),
     )
-    response = redirect(step.redirect_to, 302)
-    if step.error is None:
-        response.set_cookie(
-            pre_login_cookie_name(),
-            pre_login,
-            max_age=LOGIN_TTL,
-            path="/",
-            secure=True,
-            httponly=True,
-            samesite="None",
-        )
-    return response
+    return login_step_response(step)
 
 
 @bp.route(CALLBACK, methods=["GET", "POST"])
@@ -117,16 +129,18 @@ def callback(provider: str) -> BaseResponse:
     step = runtime().logins.complete(
         provider,
         params,
-        pre_login=pre_login_value(),
+        in_flight=pre_login_cookies(),
         previous_session=session_cookie(),
     )
     return login_step_response(step)
 
 
 def login_step_response(step: LoginStep) -> BaseResponse:
-    """How every browser login ends: a 302 to where the step says, with the new session's
-    cookie when it opened one (never for a native app's code handoff)."""
+    """Every step of a browser login: a 302 to where the step says, with the pre-login
+    cookies it sets or removes, and the new session's cookie when it opened one (never for
+    a native app's code handoff)."""
     response = redirect(step.redirect_to, 302)
+    _set_pre_login_cookies(response, step.pre_login)
     if step.session_token is not None and step.session_expires_at is not None:
         set_session_cookie(response, step.session_token, step.session_expires_at)
     return response

@@ -23,18 +23,9 @@ from service.cli.serve import add_serve_parser
 from service.cli.sessions import add_sessions_parser
 from service.cli.store import add_store_parser
 from service.cli.template import add_template_parser
+from service.version import package_version
 
 __all__ = ["app_from_environment", "build_parser", "main"]
-
-
-def package_version() -> str:
-    """The installed package's version (``setup.cfg``), or ``unknown`` outside an install."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("chime-identity-broker")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:

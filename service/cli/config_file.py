@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from identity.errors import ConfigError
 
 CONFIG_ENV = "BROKER_CONFIG"
+APP_LOAD_ERROR = 4
+"""``wsgi.py``'s exit status for a config that cannot serve: gunicorn's "App failed to
+load", which stops the server instead of starting the worker again and again."""
+DEMO_OUTSIDE_CLI = (
+    "mode: demo serves only under `chime-broker demo` or `chime-broker serve` (which bind "
+    "loopback addresses only); a WSGI server or AWS Lambda needs mode: production"
+)
 
 
 def print_report(source: str, error: ConfigError) -> None:
@@ -25,10 +32,10 @@ def print_report(source: str, error: ConfigError) -> None:
         print(f"  {problem}", file=sys.stderr)
 
 
-def exit_with_report(source: str, error: ConfigError) -> NoReturn:
-    """Print ``error``'s problems on stderr, one per line, and exit with status 1."""
+def exit_with_report(source: str, error: ConfigError, *, status: int = 1) -> NoReturn:
+    """Print ``error``'s problems on stderr, one per line, and exit with ``status``."""
     print_report(source, error)
-    raise SystemExit(1)
+    raise SystemExit(status)
 
 
 def load_or_exit(path: str, *, offline: bool = False, reach_store: bool = False) -> BrokerConfig:
@@ -59,7 +66,9 @@ def load_or_exit(path: str, *, offline: bool = False, reach_store: bool = False)
 
 def app_from_environment() -> Flask:
     """The WSGI app for the config file named by ``BROKER_CONFIG``; a config that cannot
-    serve is reported on stderr and the process exits with status 1. On AWS Lambda the
+    serve is reported on stderr and the process exits with status ``APP_LOAD_ERROR``.
+    ``mode: demo`` cannot serve here: its open guests and plain http are for loopback,
+    which only the command line's ``demo`` and ``serve`` enforce. On AWS Lambda the
     store must be one that every instance shares, and the problems are also the message of
     the ``LambdaStartupError`` raised, which Lambda reports as the function's init error."""
     from identity.config.document import load_config
@@ -73,15 +82,16 @@ def app_from_environment() -> Flask:
         print(message, file=sys.stderr)
         if on_lambda(os.environ):
             raise LambdaStartupError(message)
-        raise SystemExit(1)
+        raise SystemExit(APP_LOAD_ERROR)
     try:
         config = load_config(path)
-        problems = lambda_config_problems(config, os.environ)
+        problems = [DEMO_OUTSIDE_CLI] if config.is_demo else []
+        problems += lambda_config_problems(config, os.environ)
         if problems:
             raise ConfigError(problems)
         return create_app(config)
     except ConfigError as e:
         if not on_lambda(os.environ):
-            exit_with_report(path, e)
+            exit_with_report(path, e, status=APP_LOAD_ERROR)
         print_report(path, e)
         raise LambdaStartupError("\n".join(e.problems)) from None

@@ -13,7 +13,6 @@ so that importing the command stays light (see ``service.cli``).
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import json
 import os
@@ -102,8 +101,10 @@ def problem_line(response: requests.Response) -> str:
 
 
 def s256(verifier: str) -> str:
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    """The PKCE S256 challenge of ``verifier`` (RFC 7636, 4.2)."""
+    from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+    return str(create_s256_code_challenge(verifier))
 
 
 @dataclass

@@ -107,11 +107,15 @@ def _register_clients(config: BrokerConfig, idp: DevIdentityProvider) -> None:
     """Every oidc provider's ``client_id`` (the broker's redirect login) and its other
     ``audiences`` (mobile apps, which only receive tokens) become clients of the IdP."""
     base = config.service.public_url.rstrip("/")
+    # The IdP's sign-out sends the person back there only when it is registered.
+    signed_out = config.service.default_return_to
     for provider in config.providers:
         if not isinstance(provider, OidcConfig):
             continue
         idp.register_client(
-            provider.client_id, redirect_uris=(f"{base}/v1/callback/{provider.name}",)
+            provider.client_id,
+            redirect_uris=(f"{base}/v1/callback/{provider.name}",),
+            post_logout_redirect_uris=(signed_out,) if signed_out else (),
         )
         for audience in provider.audiences:
             if audience != provider.client_id:

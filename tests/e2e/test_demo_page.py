@@ -434,6 +434,11 @@ def test_make_demo_walks_a_person_through_a_browser_login(
     assert demo_page.text("user-arn") == arn
     demo_page.logout()
     assert demo_page.fetch_status(f"{base}/v1/session") == 401
+    # "Also sign out at the identity provider" ends at the demo page again.
+    demo_page.tab.locator("#idp-logout").click()
+    demo_page.tab.wait_for_url(base + "/")
+    demo_page.wait_until_settled()
+    expect(demo_page.tab.locator("#signed-out")).to_be_visible()
     assert demo_page.problems == []
 
 

@@ -33,7 +33,7 @@ from tests.fixtures.configs import SECRET_KEY, provider_dict
 from tests.fixtures.live_server import LiveServer, LoopbackSession
 from tests.fixtures.oidc_provider import ALICE_SUB
 from tests.fixtures.providers import built_providers
-from tests.fixtures.records import UNREADABLE_SEALED, spoil_sealed
+from tests.fixtures.records import UNREADABLE_SEALED, spoil, spoil_sealed
 
 CLIENT_ID = "broker-web"
 CLIENT_SECRET = "broker-web-secret"
@@ -66,6 +66,16 @@ def set_cookies(response: requests.Response) -> dict[str, str]:
     for header in response.raw.headers.getlist("Set-Cookie"):
         found[header.split("=", 1)[0]] = header
     return found
+
+
+def is_pre_login(name: str) -> bool:
+    """Whether ``name`` is a pre-login cookie's (there is one per login in flight)."""
+    return name.startswith(f"{PRE_LOGIN_COOKIE}_")
+
+
+def pre_login_cookies(jar: requests.cookies.RequestsCookieJar) -> dict[str, str]:
+    """The browser's pre-login cookies, by name."""
+    return {c.name: c.value or "" for c in jar if is_pre_login(c.name)}
 
 
 @pytest.fixture
@@ -227,8 +237,8 @@ def test_login_session_credentials_logout(
     assert len(sent["code_challenge"]) == 43
     assert sent["state"] and sent["nonce"] and sent["state"] != sent["nonce"]
     assert set(sent["scope"].split()) == {"openid", "email", "profile", "offline_access"}
-    pre_login = browser.http.cookies.get(PRE_LOGIN_COOKIE)
-    assert pre_login is not None and pre_login not in authorization_url
+    [pre_login] = pre_login_cookies(browser.http.cookies).values()
+    assert pre_login not in authorization_url and sent["state"] not in pre_login
 
     done = browser.get(browser.authorize(oidc_provider, authorization_url))
     assert done.status_code == 302
@@ -726,17 +736,23 @@ def stored_broker(
 
 
 @pytest.mark.parametrize("how", UNREADABLE_SEALED)
-def test_a_login_stored_in_a_form_this_version_does_not_read_is_refused(
-    how: str,
-    stored_broker: LiveServer,
-    oidc_provider: DevIdentityProvider,
-    local_store: Store,
-    aws: Any,
+def test_a_login_cookie_in_a_form_this_version_does_not_read_is_refused(
+    how: str, broker: LiveServer, oidc_provider: DevIdentityProvider, aws: Any
 ) -> None:
-    browser = Browser(stored_broker)
+    browser = Browser(broker)
     authorization = browser.begin()
-    key = "login:" + Sealer(SECRET_KEY).key_hash("login-state", query(authorization)["state"])
-    spoil_sealed(local_store, key, how, field="binding")
+    [(name, value)] = pre_login_cookies(browser.http.cookies).items()
+    context = "pre-login:" + name.removeprefix(f"{PRE_LOGIN_COOKIE}_")
+    sealed = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    plain = Sealer(SECRET_KEY).open(sealed, context=context)
+    assert plain is not None
+    if how == "sealed with another key":
+        spoiled = Sealer(SECRET_KEY + "-rotated").seal(plain, context=context)
+    else:
+        spoiled = Sealer(SECRET_KEY).seal(spoil(plain, how, field="state"), context=context)
+    browser.http.cookies.set(
+        name, base64.urlsafe_b64encode(spoiled).rstrip(b"=").decode(), domain="127.0.0.1", path="/"
+    )
 
     response = browser.get(browser.authorize(oidc_provider, authorization))
 
@@ -856,7 +872,7 @@ def test_a_native_login_needs_an_allowed_return_to(return_to: str | None, offlin
         params["return_to"] = return_to
     response = offline.get(f"{offline.broker.url}/v1/login/okta", params=params)
     assert_problem(response, 400, "invalid_request")
-    assert PRE_LOGIN_COOKIE not in set_cookies(response)
+    assert not any(is_pre_login(name) for name in set_cookies(response))
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
+from service.cli.config_file import APP_LOAD_ERROR
 from tests.fixtures.configs import SECRET_KEY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,7 +95,7 @@ def test_serve_exits_with_the_same_report(config_file: tuple[Path, list[str]]) -
 def test_wsgi_exits_with_the_same_report(config_file: tuple[Path, list[str]]) -> None:
     path, report = config_file
     result = run(sys.executable, "-c", "import wsgi", env={"BROKER_CONFIG": str(path)})
-    assert result.returncode == 1
+    assert result.returncode == APP_LOAD_ERROR
     assert result.stderr.splitlines()[-len(report) :] == report
     assert "Traceback" not in result.stderr
 

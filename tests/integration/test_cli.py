@@ -55,10 +55,10 @@ def test_check_builds_the_example_config_as_serve_would_as_a_real_process() -> N
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines()[1:] == [
-        "  store (line 101): the directory of the SQLite file does not exist: "
+        "  store (line 104): the directory of the SQLite file does not exist: "
         "/var/lib/chime-broker",
-        "  providers[2].private_key (line 185): not a PEM key",
-        "  providers[6].sp_key (line 230): not an unencrypted PEM private key",
+        "  providers[2].private_key (line 196): not a PEM key",
+        "  providers[6].sp_key (line 241): not an unencrypted PEM private key",
     ]
     assert "Traceback" not in result.stderr
 

@@ -43,8 +43,9 @@ REPO = Path(__file__).resolve().parents[2]
 PUBLIC_URL = "https://auth.example.chat"
 SPA = "https://app.example.chat"
 SPA_HOME = f"{SPA}/app/"
-COOKIE = "chime_broker_session"
-PRE_LOGIN_COOKIE = f"__Host-{COOKIE}_login"
+# An https public_url: the session cookie takes the __Host- prefix, the pre-login one once.
+COOKIE = "__Host-chime_broker_session"
+PRE_LOGIN_COOKIE = "__Host-chime_broker_session_login"
 MOBILE_CLIENT = "mobile-app"
 WEB_CLIENT = "broker-web"
 WEB_SECRET = "broker-web-secret"
@@ -357,14 +358,15 @@ def sign_in(handler: Handler, kind: str, idp: DevIdentityProvider) -> Answer:
     """A browser's whole sign-in through ``handler``; the answer to the callback."""
     begun = invoke(handler, kind, Request("GET", "/v1/login/okta"))
     assert begun.status == 302, begun.result
-    pre_login = begun.cookie(PRE_LOGIN_COOKIE)
+    [pre_login] = [name for name in begun.set_cookies if name.startswith(PRE_LOGIN_COOKIE)]
+    pre_login_value = begun.cookie(pre_login)
     idp.next_login(ALICE_SUB)
     at_idp = requests.get(begun.header("Location"), allow_redirects=False, timeout=10)
     assert at_idp.status_code == 302, at_idp.text
     callback = urlsplit(at_idp.headers["Location"])
     assert f"{callback.scheme}://{callback.netloc}" == PUBLIC_URL
     request = Request(
-        "GET", callback.path, query=callback.query, cookies={PRE_LOGIN_COOKIE: pre_login}
+        "GET", callback.path, query=callback.query, cookies={pre_login: pre_login_value}
     )
     return invoke(handler, kind, request)
 
@@ -427,7 +429,8 @@ def test_the_login_redirect_sets_its_cookie_and_names_the_public_url(
     assert location.startswith(oidc_provider.url("/authorize"))
     params = parse_qs(urlsplit(location).query)
     assert params["redirect_uri"] == [f"{PUBLIC_URL}/v1/callback/okta"]
-    flags = [p.strip().lower() for p in answer.set_cookies[PRE_LOGIN_COOKIE].split(";")]
+    [pre_login] = [v for k, v in answer.set_cookies.items() if k.startswith(PRE_LOGIN_COOKIE)]
+    flags = [p.strip().lower() for p in pre_login.split(";")]
     assert {"secure", "httponly", "samesite=none", "path=/"} <= set(flags)
     assert answer.text  # the redirect's HTML body, as text rather than base64
     assert_not_from_host(answer, kind)

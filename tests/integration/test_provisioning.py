@@ -406,7 +406,7 @@ def test_a_guest_whose_provisioning_failed_may_use_its_invite_again(
         algorithm="HS256",
     )
 
-    assert guest_login(rig, "attendee-9", "Grace", invite).status_code == 502
+    assert guest_login(rig, "attendee-9", "Grace", invite).status_code == 503
     assert_ok(guest_login(rig, "attendee-9", "Grace", invite), "guest-attendee-9", "Grace")
     replayed = guest_login(rig, "attendee-9", "Grace", invite)
 

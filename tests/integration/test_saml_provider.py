@@ -29,6 +29,7 @@ from identity.errors import (
     ConfigError,
     InvalidToken,
     PayloadTooLarge,
+    UnmappableIdentity,
     UpstreamUnavailable,
 )
 from identity.models import Principal
@@ -300,6 +301,76 @@ def refused_after(
     return caught.value
 
 
+# --------------------------------------------------------------------------- configuration
+
+ENTRA_DISPLAY_NAME = "http://schemas.microsoft.com/identity/claims/displayname"
+ENTRA_GROUPS = "http://schemas.microsoft.com/ws/2008/06/identity/claims/groups"
+URI_HINT = (
+    "is a URI: name a SAML attribute by a short name given in the provider's attributes "
+    "({short_name: URI})"
+)
+
+
+def config_problems(**entry: Any) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        build_config(valid_config_dict(providers=[provider_dict("oidc"), saml_entry(**entry)]))
+    return list(caught.value.problems)
+
+
+def test_a_template_or_rule_naming_an_attribute_by_uri_is_refused_with_a_hint() -> None:
+    [problem] = config_problems(
+        map={"user_id": "corp-{name_id}", "display_name": f"{{{ENTRA_DISPLAY_NAME}}}"}
+    )
+    assert problem.startswith("providers[1].map.display_name: ")
+    assert problem.endswith(f"{ENTRA_DISPLAY_NAME!r} {URI_HINT}")
+    [problem] = config_problems(map={"user_id": "corp-{name_id}", "require": {ENTRA_GROUPS: "x"}})
+    assert problem.startswith(f"providers[1].map.require[{ENTRA_GROUPS!r}]: ")
+    assert problem.endswith(URI_HINT)
+
+
+def test_attribute_short_names_are_claim_names_the_subject_does_not_fill() -> None:
+    assert config_problems(attributes={"bad-name": "x", "name_id": "y", "fine": "z"}) == [
+        "providers[1].attributes['bad-name']: a short name is letters, digits and _ (a claim name)",
+        "providers[1].attributes.name_id: is filled from the assertion's subject",
+    ]
+
+
+def test_a_user_id_from_an_alias_of_a_mutable_attribute_is_refused() -> None:
+    [problem] = config_problems(
+        attributes={"shown": ENTRA_DISPLAY_NAME}, map={"user_id": "corp-{shown}"}
+    )
+    assert problem.startswith("providers[1].map.user_id: 'corp-{shown}' reads shown, which users")
+
+
+def test_signature_is_either_assertion_or_response() -> None:
+    assert config_problems(signature="sometimes") == [
+        "providers[1].signature: expected 'either', 'assertion' or 'response', got 'sometimes'"
+    ]
+
+
+def test_aliases_name_attributes_for_templates_and_a_transient_name_id_is_no_identity(
+    idp: SamlIdp, store: MemoryStore
+) -> None:
+    sp = build_sp(
+        [saml_entry(idp_metadata_url=idp.metadata_url, attributes={"groups_": ENTRA_GROUPS})],
+        store,
+    )["corp"]
+    login = start_login(sp, idp)
+    attributes = (SamlAttribute(ENTRA_GROUPS, ("a", "b")),)
+    xml = answer(sp, idp, login, attributes=attributes)
+    principal = finish(sp, login, xml)
+    assert principal.claims["groups_"] == ["a", "b"] == principal.claims[ENTRA_GROUPS]
+    # explain's dry run names it the same way
+    assert sp.check_assertion(encode(xml)).claims["groups_"] == ["a", "b"]
+
+    login = start_login(sp, idp)
+    transient = answer(sp, idp, login, name_id_format=idp_kit.NAMEID_TRANSIENT)
+    with pytest.raises(UnmappableIdentity) as caught:
+        finish(sp, login, transient)
+    assert "persistent NameID" in caught.value.detail
+    assert len(store) == 1, "only the first assertion was accepted"
+
+
 # --------------------------------------------------------------------------- SP metadata
 
 
@@ -381,12 +452,35 @@ WRAPPINGS: dict[str, Callable[[str], str]] = {
     "signed assertion hidden in samlp:Extensions": idp_kit.xsw_in_extensions,
     "a second, unsigned assertion": idp_kit.with_second_assertion,
 }
+# The same attacks on a Response whose only signature is the Response's: those that
+# move the assertion break that signature; these keep it intact.
+RESPONSE_WRAPPINGS: dict[str, Callable[[str], str]] = {
+    "forged assertion before the genuine one": idp_kit.xsw_forged_before,
+    "forged assertion after the genuine one": idp_kit.xsw_forged_after,
+    "genuine assertion wrapped inside the forged one": idp_kit.xsw_wrapped,
+    "genuine assertion hidden in samlp:Extensions": idp_kit.xsw_in_extensions,
+    "a second, unsigned assertion": idp_kit.with_second_assertion,
+    "signed Response inside the forged one's ds:Object": idp_kit.xsw_response_in_signature_object,
+    "signed Response hidden in the forged one's samlp:Extensions": (
+        idp_kit.xsw_response_in_extensions
+    ),
+    "signed Response beside the forged assertion": idp_kit.xsw_response_beside_forgery,
+}
+MODES = ("either", "assertion", "response")
+SHA1_REFUSAL = "SHA-1 is not accepted; configure the IdP to sign with RSA-SHA256"
 
 
+def sp_in_mode(idp: SamlIdp, store: MemoryStore, mode: str) -> SamlServiceProvider:
+    """The ``corp`` SP with ``signature: mode``."""
+    return build_sp([saml_entry(idp_metadata_url=idp.metadata_url, signature=mode)], store)["corp"]
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("wrap", WRAPPINGS.values(), ids=WRAPPINGS.keys())
 def test_signature_wrapping_is_refused(
-    wrap: Callable[[str], str], sp: SamlServiceProvider, idp: SamlIdp, store: MemoryStore
+    wrap: Callable[[str], str], mode: str, idp: SamlIdp, store: MemoryStore
 ) -> None:
+    sp = sp_in_mode(idp, store, mode)
     login = start_login(sp, idp)
     genuine = answer(sp, idp, login, assertion_id="_genuine")
     attack = wrap(genuine)
@@ -395,6 +489,32 @@ def test_signature_wrapping_is_refused(
     assert ">admin<" in attack
     error = refused(sp, store, login, attack)
     assert error.detail == "expected exactly one assertion"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("wrap", RESPONSE_WRAPPINGS.values(), ids=RESPONSE_WRAPPINGS.keys())
+def test_signature_wrapping_of_a_response_only_signature_is_refused(
+    wrap: Callable[[str], str], mode: str, idp: SamlIdp, store: MemoryStore
+) -> None:
+    sp = sp_in_mode(idp, store, mode)
+    login = start_login(sp, idp)
+    genuine = answer(
+        sp, idp, login, sign_assertion=False, sign_response=True, response_id="_genuine"
+    )
+    # Untouched, it signs in (at another SP instance, so that this one's cache stays empty).
+    accepting = sp_in_mode(idp, MemoryStore(), "response")
+    assert finish(accepting, login, genuine).subject == "alice-0001"
+    attack = wrap(genuine)
+    assert ">admin<" in attack
+    error = refused(sp, store, login, attack)
+    assert error.detail in {
+        "expected exactly one assertion",
+        "signature not accepted",
+        "the assertion is not signed",
+    }
+    if wrap.__name__.startswith("xsw_response"):
+        # The genuine signed Response is intact, only moved.
+        assert verify_signature(attack, "_genuine", idp.signing.cert_pem)
 
 
 def test_a_comment_in_the_name_id_never_truncates_it(sp: SamlServiceProvider, idp: SamlIdp) -> None:
@@ -412,27 +532,65 @@ def response_signed_by(keys: idp_kit.KeyPair) -> dict[str, Any]:
     return {"key": keys.key_pem, "cert": keys.cert_pem}
 
 
-SIGNATURE_ATTACKS: dict[str, dict[str, Any]] = {
-    "unsigned assertion": {"sign_assertion": False},
-    "signed response, unsigned assertion": {"sign_assertion": False, "sign_response": True},
-    "signed by another certificate": response_signed_by(rogue_keys()),
-    "RSA-SHA1 signature": {"signature_alg": "rsa-sha1"},
-    "SHA-1 digest": {"digest": "sha1"},
+PLACEMENTS: dict[str, dict[str, bool]] = {
+    "assertion": {"sign_assertion": True, "sign_response": False},
+    "response": {"sign_assertion": False, "sign_response": True},
+    "both": {"sign_assertion": True, "sign_response": True},
+    "none": {"sign_assertion": False, "sign_response": False},
+}
+# What each `signature` mode makes of each placement: None is a sign-in, else the reason.
+PLACEMENT_OUTCOMES: list[tuple[str, str, str | None]] = [
+    ("either", "assertion", None),
+    ("either", "response", None),
+    ("either", "both", None),
+    ("either", "none", "the response carries no signature"),
+    ("assertion", "assertion", None),
+    ("assertion", "response", "the assertion is not signed"),
+    ("assertion", "both", None),
+    ("assertion", "none", "the assertion is not signed"),
+    ("response", "assertion", "the response is not signed"),
+    ("response", "response", None),
+    ("response", "both", None),
+    ("response", "none", "the response is not signed"),
+]
+
+
+@pytest.mark.parametrize(("mode", "placement", "reason"), PLACEMENT_OUTCOMES)
+def test_the_signature_mode_decides_which_placements_sign_in(
+    mode: str, placement: str, reason: str | None, idp: SamlIdp, store: MemoryStore
+) -> None:
+    sp = sp_in_mode(idp, store, mode)
+    login = start_login(sp, idp)
+    xml = answer(sp, idp, login, **PLACEMENTS[placement])
+    if reason is None:
+        assert finish(sp, login, xml).subject == "alice-0001"
+        assert len(store) == 1  # the assertion is now spent
+    else:
+        assert refused(sp, store, login, xml).detail == reason
+
+
+SIGNATURE_ATTACKS: dict[str, tuple[dict[str, Any], str]] = {
+    "signed by another certificate": (response_signed_by(rogue_keys()), "signature not accepted"),
+    "RSA-SHA1 signature": ({"signature_alg": "rsa-sha1"}, SHA1_REFUSAL),
+    "SHA-1 digest": ({"digest": "sha1"}, SHA1_REFUSAL),
 }
 
 
-@pytest.mark.parametrize("fields", SIGNATURE_ATTACKS.values(), ids=SIGNATURE_ATTACKS.keys())
+@pytest.mark.parametrize("placement", ["assertion", "response", "both"])
+@pytest.mark.parametrize("attack", SIGNATURE_ATTACKS.values(), ids=SIGNATURE_ATTACKS.keys())
 def test_signature_attacks_are_refused(
-    fields: dict[str, Any], sp: SamlServiceProvider, idp: SamlIdp, store: MemoryStore
+    attack: tuple[dict[str, Any], str],
+    placement: str,
+    sp: SamlServiceProvider,
+    idp: SamlIdp,
+    store: MemoryStore,
 ) -> None:
+    fields, reason = attack
     login = start_login(sp, idp)
-    error = refused(sp, store, login, answer(sp, idp, login, **fields))
-    assert error.detail == "signature not accepted"
-
-
-def test_both_signed_is_accepted(sp: SamlServiceProvider, idp: SamlIdp) -> None:
-    login = start_login(sp, idp)
-    assert finish(sp, login, answer(sp, idp, login, sign_response=True)).subject == "alice-0001"
+    error = refused(sp, store, login, answer(sp, idp, login, **PLACEMENTS[placement], **fields))
+    assert error.detail == reason
+    if reason == SHA1_REFUSAL:
+        assert (error.log_detail or "").startswith(SHA1_REFUSAL)
 
 
 def test_a_signature_with_a_foreign_transform_is_refused_before_it_is_checked(
@@ -717,6 +875,7 @@ def url_sp(idp: SamlIdp, store: MemoryStore, clock: FakeClock) -> SamlServicePro
     return SamlServiceProvider(
         name="corp",
         acs_url=Endpoints(PUBLIC_URL).acs_url("corp"),
+        slo_url=Endpoints(PUBLIC_URL).slo_url("corp"),
         metadata_url=Endpoints(PUBLIC_URL).metadata_url("corp"),
         sp_entity_id=SP_ENTITY_ID,
         metadata_source=UrlMetadataSource(idp.metadata_url),

@@ -182,6 +182,41 @@ def test_set_if_absent_has_one_winner_until_the_key_goes(store: Store) -> None:
     assert store.set_if_absent("state", b"fourth", 30)
 
 
+def test_replace_writes_only_over_a_live_key(store: Store) -> None:
+    assert not store.replace("session", b"revived", 30)
+    assert store.get("session") is None
+    store.set("session", b"first", 30)
+    assert store.replace("session", b"second", 30)
+    assert store.get("session") == b"second"
+    store.delete("session")
+    assert not store.replace("session", b"revived", 30)
+    assert store.get("session") is None
+    store.set("session", b"first", 30)
+    assert store.get_and_delete("session") == b"first"
+    assert not store.replace("session", b"revived", 30)
+    assert store.get("session") is None
+
+
+def test_replace_sets_the_new_ttl_and_never_revives_an_expired_key(store: Store) -> None:
+    store.set("shortened", b"old", 30)
+    assert store.replace("shortened", b"new", SHORT_TTL)
+    store.set("expiring", b"old", SHORT_TTL)
+    time.sleep(PAST_SHORT_TTL)
+    assert store.get("shortened") is None
+    assert not store.replace("expiring", b"revived", 30)
+    assert store.get("expiring") is None
+    assert store.set_if_absent("expiring", b"fresh", 30)
+
+
+def test_replace_validates_like_set(store: Store) -> None:
+    store.set("k", b"v", 30)
+    with pytest.raises(ValueError, match="ttl"):
+        store.replace("k", b"w", 0)
+    with pytest.raises(TypeError):
+        store.replace("k", "text", 30)  # type: ignore[arg-type]
+    assert store.get("k") == b"v"
+
+
 def test_get_and_delete_is_single_use(store: Store) -> None:
     store.set("login-state", b"verifier", 30)
     assert store.get_and_delete("login-state") == b"verifier"
@@ -255,6 +290,22 @@ def test_get_and_delete_race_between_threads_has_one_taker(store: Store) -> None
         taken = _race_threads(partial(_take, store, key))
         assert taken.count(b"the-value") == 1
         assert taken.count(None) == THREADS - 1
+
+
+def test_no_replace_revives_a_key_taken_in_a_race(store: Store) -> None:
+    def replace_or_take(key: str, index: int) -> tuple[bool, bytes | None]:
+        if index == 0:
+            return True, store.get_and_delete(key)
+        return store.replace(key, b"%d" % index, 30), None
+
+    for round_ in range(5):
+        key = f"ended-{round_}"
+        store.set(key, b"original", 30)
+        outcomes = _race_threads(partial(replace_or_take, key))
+        written = {b"original"} | {b"%d" % i for i, (ok, _) in enumerate(outcomes) if i and ok}
+        assert outcomes[0][1] in written
+        assert store.get(key) is None
+        assert not store.replace(key, b"late", 30)
 
 
 def test_incr_from_many_threads_counts_exactly(store: Store) -> None:

@@ -410,8 +410,11 @@ BROKEN = [
     pytest.param(
         variant(("user_id: okta-{sub}", "user_id: okta-{email|lower}")),
         [
-            "providers[0].map.user_id (line 24): 'okta-{email|lower}' is built only from claims "
-            "users can change (email); identity is (issuer, sub): use '{sub}'"
+            "providers[0].map.user_id (line 24): 'okta-{email|lower}' reads email, which users "
+            "or admins can change; identity is (issuer, sub): use '{sub}' (or "
+            "allow_mutable_user_id: true when nothing stable exists)",
+            "providers[0].map.user_id (line 24): 'okta-{email|lower}' uses lower, which can give "
+            "two users one id (case folding, or sha256:N with N under 16)",
         ],
         id="mutable-claims",
     ),
@@ -785,8 +788,9 @@ def test_every_problem_is_reported_at_once() -> None:
     assert problems(text) == [
         "mode (line 1): expected 'production' or 'demo', got 'prod'",
         "aws.colour (line 4): unknown key",
-        "providers[0].map.user_id (line 25): '{email}' is built only from claims users can "
-        "change (email); identity is (issuer, sub): use '{sub}'",
+        "providers[0].map.user_id (line 25): '{email}' reads email, which users or admins can "
+        "change; identity is (issuer, sub): use '{sub}' (or allow_mutable_user_id: true when "
+        "nothing stable exists)",
         "providers[1].client_ids (line 27): required",
         "providers[2].exchange (line 32): guest providers cannot use exchange: cognito "
         "(the identity pool cannot verify them); use cognito_developer or sts",
@@ -866,7 +870,7 @@ def test_example_config_loads_with_the_documented_defaults() -> None:
     service = config.service
     assert service.session_lifetime == 8 * 3600
     assert service.recheck_interval == 15 * 60
-    assert service.cookie_name == "chime_broker_session"
+    assert service.cookie_name == "__Host-chime_broker_session"
     assert service.max_body == 64 * 1024
     assert service.trusted_proxies == 0
     assert service.cache_credentials is True

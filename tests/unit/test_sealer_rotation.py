@@ -1,6 +1,6 @@
 """A ``Sealer`` with several secrets: the first seals and derives store keys, every one
-opens; and what is keyed by such hashes (login transactions, native codes) is still found
-after a rotation."""
+opens; and what is sealed or tagged under an older one (login transactions in their
+pre-login cookies, native codes in the store) is still usable after a rotation."""
 
 from __future__ import annotations
 
@@ -48,42 +48,57 @@ def test_a_sealer_needs_a_secret() -> None:
         Sealer([])
 
 
+def begun(transactions: LoginTransactions, now: float) -> tuple[str, dict[str, str]]:
+    """A login begun with ``transactions``: its state and the browser's pre-login cookies."""
+    state = transactions.new_state(now)
+    cookie = transactions.seal(
+        LoginTransaction(
+            state=state, provider="corp", return_to="https://app.example/", created_at=now
+        )
+    )
+    assert cookie.value is not None
+    return state, {cookie.slot: cookie.value}
+
+
 def test_a_login_begun_before_the_rotation_finishes_after_it() -> None:
     store = MemoryStore()
-    before = LoginTransactions(store, Sealer(OLD))
-    pre_login = secrets.token_urlsafe(16)
     now = time.time()
-    transaction = LoginTransaction(
-        provider="corp",
-        return_to="https://app.example/",
-        binding=before.binding(pre_login),
-        created_at=now,
-    )
-    state = before.begin(transaction)
+    state, in_flight = begun(LoginTransactions(store, Sealer(OLD)), now)
 
     after = LoginTransactions(store, Sealer([NEW, OLD]))
-    assert after.pending(state)
-    taken = after.take(state, provider="corp", binding=after.bindings(pre_login), now=now)
+    assert after.pending(state, now=now)
+    taken = after.take(state, provider="corp", in_flight=in_flight, now=now)
 
     assert taken.return_to == "https://app.example/"
-    assert not after.pending(state)
+    assert not after.pending(state, now=now)
+    # Spent under a key no secret changes: neither broker takes it again.
+    for broker in (after, LoginTransactions(store, Sealer(OLD))):
+        with pytest.raises(errors.InvalidRequest, match="unknown, used or expired"):
+            broker.take(state, provider="corp", in_flight=in_flight, now=now)
 
 
 def test_a_login_from_another_browser_is_still_refused_after_the_rotation() -> None:
     store = MemoryStore()
     before = LoginTransactions(store, Sealer(OLD))
     now = time.time()
-    transaction = LoginTransaction(
-        provider="corp",
-        return_to="https://app.example/",
-        binding=before.binding("mine"),
-        created_at=now,
-    )
-    state = before.begin(transaction)
+    state, _ = begun(before, now)
+    _, theirs = begun(before, now)
     after = LoginTransactions(store, Sealer([NEW, OLD]))
 
     with pytest.raises(errors.InvalidRequest, match="another browser"):
-        after.take(state, provider="corp", binding=after.bindings("theirs"), now=now)
+        after.take(state, provider="corp", in_flight=theirs, now=now)
+    assert len(store) == 0
+
+
+def test_a_login_begun_under_a_retired_secret_is_stale() -> None:
+    store = MemoryStore()
+    now = time.time()
+    state, in_flight = begun(LoginTransactions(store, Sealer(OLD)), now)
+    retired = LoginTransactions(store, Sealer(NEW))
+
+    assert not retired.pending(state, now=now)
+    with pytest.raises(errors.InvalidRequest, match="unknown, used or expired"):
+        retired.take(state, provider="corp", in_flight=in_flight, now=now)
 
 
 def test_a_native_code_issued_before_the_rotation_is_redeemed_once_after_it() -> None:

@@ -14,6 +14,7 @@ from identity.templates import (
     TemplateError,
     UnrenderableClaim,
     compile_template,
+    is_mutable_claim,
 )
 
 CLAIMS: dict[str, Any] = {
@@ -154,5 +155,48 @@ def test_templates_are_values() -> None:
 
 
 def test_mutable_claims() -> None:
-    assert {"email", "preferred_username", "upn", "name", "nickname"} == MUTABLE_CLAIMS
-    assert "sub" not in MUTABLE_CLAIMS
+    assert {
+        "email",
+        "preferred_username",
+        "name",
+        "given_name",
+        "family_name",
+        "nickname",
+        "phone_number",
+        "upn",
+        "unique_name",
+        "mail",
+        "urn:oid:0.9.2342.19200300.100.1.3",
+        "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn",
+        "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/emailaddress",
+    } <= MUTABLE_CLAIMS
+    assert not {"sub", "oid", "name_id", "user_id"} & MUTABLE_CLAIMS
+
+
+@pytest.mark.parametrize(
+    "path", ["email", "EMAIL", "Mail", "profile.email", "urn:oid:0.9.2342.19200300.100.1.3"]
+)
+def test_mutable_claims_are_found_in_any_case_and_by_last_segment(path: str) -> None:
+    assert is_mutable_claim(path)
+
+
+@pytest.mark.parametrize(
+    "path", ["sub", "oid", "email_verified", "urn:oid:0.9.2342.19200300.100.1.1"]
+)
+def test_stable_claims_are_not_mutable(path: str) -> None:
+    assert not is_mutable_claim(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "lossy"),
+    [
+        ("okta-{sub}", ()),
+        ("{sub|sha256:16}", ()),
+        ("{sub|sha256:64}", ()),
+        ("{sub|lower}", ("lower",)),
+        ("{sub|sha256:15}", ("sha256:15",)),
+        ("{a|lower}-{b|sha256:8|lower}", ("lower", "sha256:8", "lower")),
+    ],
+)
+def test_lossy_filters_are_listed_as_written(text: str, lossy: tuple[str, ...]) -> None:
+    assert compile_template(text).lossy_filters == lossy
