@@ -177,7 +177,8 @@ class Broker:
             refresh_token_missing=refresh_token_missing,
         )
         token = self._create_session(record)
-        log.info(
+        # The audit record of the credentials that come with it says as much, at info.
+        log.debug(
             "session started",
             extra={
                 "fields": {"provider": provider_cfg.name, "user_id": user.user_id, "origin": origin}

@@ -12,7 +12,6 @@ the document with neither a cap nor an issuer check.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Mapping
 from typing import Any, Final
@@ -21,7 +20,7 @@ from urllib.parse import urlsplit
 import requests
 
 from identity.errors import BrokerError, UpstreamTimeout, UpstreamUnavailable
-from identity.http import no_answer, read_capped, upstream_session
+from identity.http import get_capped, json_object, upstream_session
 
 WELL_KNOWN_PATH: Final = "/.well-known/openid-configuration"
 MAX_DISCOVERY_BYTES: Final = 256 * 1024
@@ -106,31 +105,23 @@ class OidcDiscovery:
 
     def _fetch(self) -> Mapping[str, Any]:
         url = self.url
-        try:
-            with self._session.get(
-                url,
-                timeout=self._timeouts,
-                stream=True,
-                allow_redirects=False,
-                headers={"Accept": "application/json"},
-            ) as response:
-                status = response.status_code
-                body = read_capped(response, MAX_DISCOVERY_BYTES) if status == 200 else b""
-        except requests.RequestException as e:
-            raise no_answer(
-                e, upstream="the identity provider", where=f"discovery document {url}"
-            ) from None
-        if status != 200 or body is None:
+        answer = get_capped(
+            self._session,
+            url,
+            headers={"Accept": "application/json"},
+            timeouts=self._timeouts,
+            limit=MAX_DISCOVERY_BYTES,
+            upstream="the identity provider",
+            where=f"discovery document {url}",
+        )
+        if answer.status != 200 or answer.body is None:
             raise UpstreamUnavailable(
                 "identity provider metadata unavailable",
-                log_detail=f"discovery document {url} answered HTTP {status}"
-                + (f" over {MAX_DISCOVERY_BYTES} bytes" if body is None else ""),
+                log_detail=f"discovery document {url} answered HTTP {answer.status}"
+                + (f" over {MAX_DISCOVERY_BYTES} bytes" if answer.body is None else ""),
             )
-        try:
-            document = json.loads(body)
-        except (ValueError, RecursionError):
-            document = None
-        if not isinstance(document, dict):
+        document = json_object(answer.body)
+        if document is None:
             raise UpstreamUnavailable(
                 "identity provider metadata unusable",
                 log_detail=f"discovery document {url} is not a JSON object",

@@ -203,36 +203,36 @@ class DynamoDbStore:
             )
 
     def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
-        check_value(value)
-        check_ttl(ttl)
-        now = self._clock()
-        with self._errors("PutItem") as dynamodb:
-            try:
-                dynamodb.put_item(
-                    TableName=self._table,
-                    Item=self._item(key, value, now + ttl),
-                    ConditionExpression="attribute_not_exists(#pk) OR #exp <= :now",
-                    ExpressionAttributeNames={"#pk": PARTITION_KEY, "#exp": _EXPIRY},
-                    ExpressionAttributeValues={":now": {"N": _number(now)}},
-                )
-            except ClientError as e:
-                if _error_code(e) == "ConditionalCheckFailedException":
-                    return False
-                raise
-        return True
+        return self._put_if(key, value, ttl, "attribute_not_exists(#pk) OR #exp <= :now")
 
     def replace(self, key: str, value: bytes, ttl: float) -> bool:
+        return self._put_if(key, value, ttl, "attribute_exists(#pk) AND #exp > :now")
+
+    def compare_and_set(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
+        check_value(expected)
+        return self._put_if(key, value, ttl, "#v = :expected AND #exp > :now", expected)
+
+    def _put_if(
+        self, key: str, value: bytes, ttl: float, condition: str, expected: bytes | None = None
+    ) -> bool:
+        """Put ``key`` when ``condition`` (over ``#pk``, ``#v``, ``#exp``, ``:now`` and
+        ``:expected``) holds for the stored item; False when it does not."""
         check_value(value)
         check_ttl(ttl)
         now = self._clock()
+        names = {"#pk": PARTITION_KEY, "#exp": _EXPIRY}
+        values: dict[str, Any] = {":now": {"N": _number(now)}}
+        if expected is not None:
+            names["#v"] = _VALUE
+            values[":expected"] = {"B": expected}
         with self._errors("PutItem") as dynamodb:
             try:
                 dynamodb.put_item(
                     TableName=self._table,
                     Item=self._item(key, value, now + ttl),
-                    ConditionExpression="attribute_exists(#pk) AND #exp > :now",
-                    ExpressionAttributeNames={"#pk": PARTITION_KEY, "#exp": _EXPIRY},
-                    ExpressionAttributeValues={":now": {"N": _number(now)}},
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames={k: v for k, v in names.items() if k in condition},
+                    ExpressionAttributeValues=values,
                 )
             except ClientError as e:
                 if _error_code(e) == "ConditionalCheckFailedException":

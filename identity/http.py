@@ -12,10 +12,12 @@ operation and the host (never the URL's query, which may hold a token).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
@@ -134,6 +136,50 @@ def _fields(operation: str, url: str, seconds: float, error: str) -> dict[str, A
         "error_code": error,
         "seconds": round(seconds, 3),
     }
+
+
+@dataclass(frozen=True)
+class CappedAnswer:
+    """An identity provider's answer to a GET: its status, its Content-Type, and the body of
+    a 200 (empty for any other status; None when over the cap)."""
+
+    status: int
+    content_type: str
+    body: bytes | None
+
+
+def get_capped(
+    session: requests.Session,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    timeouts: tuple[float, float],
+    limit: int,
+    upstream: str,
+    where: str,
+) -> CappedAnswer:
+    """GET ``url`` without following redirects, reading at most ``limit`` bytes of a 200's
+    body; no answer raises ``no_answer(upstream=..., where=...)`` without its cause (the
+    cause's text may hold the URL)."""
+    try:
+        with session.get(
+            url, timeout=timeouts, stream=True, allow_redirects=False, headers=dict(headers)
+        ) as response:
+            status = response.status_code
+            content_type = response.headers.get("Content-Type", "")
+            body = read_capped(response, limit) if status == 200 else b""
+    except requests.RequestException as e:
+        raise no_answer(e, upstream=upstream, where=where) from None
+    return CappedAnswer(status, content_type, body)
+
+
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """``body`` as a JSON object, or None when it is not one."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return document if isinstance(document, dict) else None
 
 
 def read_capped(response: requests.Response, limit: int) -> bytes | None:

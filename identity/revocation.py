@@ -16,11 +16,9 @@ created or ended; entries past their expiry are dropped whenever it is read.
 
 from __future__ import annotations
 
+import logging
 import math
-import secrets
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -30,17 +28,20 @@ from identity.records import StoredRecord, read_record
 from identity.sealing import Sealer
 from identity.store import Store
 
+log = logging.getLogger("chime_broker.sessions")
+
 _USER_MARKER = "revoked:user:"
 _PROVIDER_MARKER = "revoked:provider:"
 _ALL_MARKER = "revoked:all"
 _UPSTREAM_SESSION_MARKER = "revoked:upstream-session:"
 _UPSTREAM_SUBJECT_MARKER = "revoked:upstream-subject:"
 _INDEX = "sessions-of:"
-# An index update holds a short lock so that two brokers adding sessions of the same user at
-# once do not lose one; a lock not had after this long is ignored (it only guards a count).
-_INDEX_LOCK_TTL = 2.0
-_INDEX_LOCK_TRIES = 40
-_INDEX_LOCK_PAUSE = 0.005
+# Compare-and-set rounds an index update may take when other brokers update it at once;
+# past them the update is dropped (the index only counts and lists sessions: the markers,
+# not the index, end them).
+_INDEX_TRIES = 40
+# An index left with no sessions lives on this long, so that a racing add still finds it.
+_EMPTY_INDEX_TTL = 60.0
 
 
 class IndexedSession(StoredRecord):
@@ -184,47 +185,51 @@ class SessionIndex:
     def add(
         self, provider: str, user_id: str, session_hash: str, created_at: float, expires_at: float
     ) -> None:
-        key = self._key(provider, user_id)
-        with self._locked(key):
-            now = self._clock()
-            entries = [s for s in self._read(key, now) if s.session_hash != session_hash]
-            entries.append(
-                IndexedSession(
-                    session_hash=session_hash, created_at=created_at, expires_at=expires_at
-                )
-            )
-            self._write(key, entries, now)
+        entry = IndexedSession(
+            session_hash=session_hash, created_at=created_at, expires_at=expires_at
+        )
+        self._update(
+            self._key(provider, user_id),
+            lambda entries: [*(s for s in entries if s.session_hash != session_hash), entry],
+        )
 
     def remove(self, provider: str, user_id: str, session_hashes: Sequence[str]) -> None:
         gone = set(session_hashes)
         for key in self._keys(provider, user_id):
-            with self._locked(key):
-                now = self._clock()
-                entries = self._read(key, now)
-                if any(s.session_hash in gone for s in entries):
-                    self._write(key, [s for s in entries if s.session_hash not in gone], now)
+            self._update(key, lambda entries: [s for s in entries if s.session_hash not in gone])
 
-    @contextmanager
-    def _locked(self, key: str) -> Iterator[None]:
-        lock, mine = key + ":lock", secrets.token_bytes(8)
-        for _ in range(_INDEX_LOCK_TRIES):
-            if self._store.set_if_absent(lock, mine, _INDEX_LOCK_TTL):
-                break
-            time.sleep(_INDEX_LOCK_PAUSE)
-        else:
-            lock = ""
-        try:
-            yield
-        finally:
-            if lock:
-                self._store.delete(lock)
+    def _update(
+        self, key: str, change: Callable[[list[IndexedSession]], list[IndexedSession]]
+    ) -> None:
+        # Read, change, and write back only over what was read (compare-and-set): two
+        # brokers adding sessions of one user at once both land, in two round trips each.
+        for _ in range(_INDEX_TRIES):
+            now = self._clock()
+            sealed = self._store.get(key)
+            entries = self._entries(key, sealed, now)
+            changed = change(entries)
+            if changed == entries and sealed is not None:
+                return
+            body = _INDEX_RECORD.dump_json(SessionIndexRecord(sessions=tuple(changed)))
+            ttl = max((s.expires_at for s in changed), default=now + _EMPTY_INDEX_TTL) - now
+            if ttl <= 0:
+                return
+            new = self._sealer.seal(body, context=key)
+            if sealed is None:
+                if self._store.set_if_absent(key, new, ttl):
+                    return
+            elif self._store.compare_and_set(key, sealed, new, ttl):
+                return
+        log.warning("session index of a user changed under %d tries; left as is", _INDEX_TRIES)
 
     def clear(self, provider: str, user_id: str) -> None:
         for key in self._keys(provider, user_id):
             self._store.delete(key)
 
     def _read(self, key: str, now: float) -> list[IndexedSession]:
-        sealed = self._store.get(key)
+        return self._entries(key, self._store.get(key), now)
+
+    def _entries(self, key: str, sealed: bytes | None, now: float) -> list[IndexedSession]:
         if sealed is None:
             return []
         record = read_record(_INDEX_RECORD, self._sealer.open(sealed, context=key))
@@ -233,14 +238,6 @@ class SessionIndex:
         return sorted(
             (s for s in record.sessions if s.expires_at > now), key=lambda s: s.created_at
         )
-
-    def _write(self, key: str, entries: list[IndexedSession], now: float) -> None:
-        if not entries:
-            self._store.delete(key)
-            return
-        ttl = max(s.expires_at for s in entries) - now
-        body = _INDEX_RECORD.dump_json(SessionIndexRecord(sessions=tuple(entries)))
-        self._store.set(key, self._sealer.seal(body, context=key), ttl)
 
 
 def rfc3339(at: float) -> str:

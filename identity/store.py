@@ -75,6 +75,12 @@ class Store(Protocol):
         (and nothing written) when it is absent, expired or deleted meanwhile."""
         ...
 
+    def compare_and_set(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
+        """Store ``value`` for ``ttl`` seconds only if ``key`` holds exactly ``expected``
+        (read earlier with :meth:`get`); False, writing nothing, when it holds anything
+        else, or nothing. Of racing callers with the same ``expected`` one wins."""
+        ...
+
     def get_and_delete(self, key: str) -> bytes | None:
         """Remove ``key`` and return its value; of racing callers only one gets the value."""
         ...
@@ -171,6 +177,16 @@ class MemoryStore:
         with self._lock:
             now = time.monotonic()
             if self._live(key, now) is None:
+                return False
+            self._put(key, value, now + ttl, now)
+            return True
+
+    def compare_and_set(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
+        _check_value(value)
+        _check_ttl(ttl)
+        with self._lock:
+            now = time.monotonic()
+            if self._live(key, now) != expected:
                 return False
             self._put(key, value, now + ttl, now)
             return True
@@ -390,6 +406,19 @@ class SqliteStore:
             self._wrote(conn)
         return replaced == 1
 
+    def compare_and_set(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
+        _check_value(value)
+        _check_ttl(ttl)
+        with self._connection() as conn:
+            now = time.time()
+            swapped = conn.execute(
+                "UPDATE broker_state SET value = ?, expires_at = ? "
+                "WHERE key = ? AND value = ? AND expires_at > ?",
+                (value, now + ttl, key, expected, now),
+            ).rowcount
+            self._wrote(conn)
+        return swapped == 1
+
     def get_and_delete(self, key: str) -> bytes | None:
         with self._connection() as conn:
             rows = conn.execute(
@@ -451,6 +480,15 @@ return count
 """
 
 
+_REDIS_COMPARE_AND_SET = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
 def _milliseconds(ttl: float) -> int:
     return max(1, math.ceil(ttl * 1000))
 
@@ -483,6 +521,7 @@ class RedisStore:
         except ValueError as e:
             raise ValueError(f"invalid redis store URL: {e}") from None
         self._incr = self._client.register_script(_REDIS_INCR)
+        self._compare_and_set = self._client.register_script(_REDIS_COMPARE_AND_SET)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -504,24 +543,34 @@ class RedisStore:
         return [_reply_bytes(value) for value in values]
 
     def set(self, key: str, value: bytes, ttl: float) -> None:
-        _check_value(value)
-        _check_ttl(ttl)
-        with self._errors():
-            self._client.set(_REDIS_PREFIX + key, value, px=_milliseconds(ttl))
+        self._set(key, value, ttl)
 
     def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
-        _check_value(value)
-        _check_ttl(ttl)
-        with self._errors():
-            won = self._client.set(_REDIS_PREFIX + key, value, px=_milliseconds(ttl), nx=True)
-        return bool(won)
+        return self._set(key, value, ttl, nx=True)
 
     def replace(self, key: str, value: bytes, ttl: float) -> bool:
+        return self._set(key, value, ttl, xx=True)
+
+    def compare_and_set(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
         _check_value(value)
         _check_ttl(ttl)
         with self._errors():
-            replaced = self._client.set(_REDIS_PREFIX + key, value, px=_milliseconds(ttl), xx=True)
-        return bool(replaced)
+            swapped = self._compare_and_set(
+                keys=[_REDIS_PREFIX + key], args=[expected, value, _milliseconds(ttl)]
+            )
+        return bool(swapped == 1)
+
+    def _set(
+        self, key: str, value: bytes, ttl: float, *, nx: bool = False, xx: bool = False
+    ) -> bool:
+        """SET with a TTL (``nx``: only when absent; ``xx``: only when live); True when written."""
+        _check_value(value)
+        _check_ttl(ttl)
+        with self._errors():
+            written = self._client.set(
+                _REDIS_PREFIX + key, value, px=_milliseconds(ttl), nx=nx, xx=xx
+            )
+        return bool(written)
 
     def get_and_delete(self, key: str) -> bytes | None:
         with self._errors():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
@@ -50,6 +51,14 @@ def worker_concurrency() -> int:
         return 32
 
 
+class BrokerFlask(Flask):
+    """Flask, for an app whose views and hooks are all synchronous."""
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        # Flask would ask of every hook, on every request, whether it is a coroutine.
+        return func
+
+
 class NoSessions(SessionInterface):
     """Flask's ``session`` is never opened nor saved."""
 
@@ -74,7 +83,7 @@ def create_app(
     reach the end of a session without waiting for it).
     """
     configure_logging(_secrets(config))
-    app = Flask(__name__, static_folder=None)
+    app = BrokerFlask(__name__, static_folder=None)
     app.config["JSON_SORT_KEYS"] = False
     # The broker's state is in its own sealed cookies and store: Flask's signed-cookie
     # session would only cost a key derivation per request.

@@ -39,6 +39,15 @@ _PATTERNS = [
     # base64 blobs long enough to be an assertion or a session token
     re.compile(r"[A-Za-z0-9+/]{200,}={0,2}"),
 ]
+# Any of the patterns, in one pass: most text matches none, and is then left as it is.
+_ANY_PATTERN = re.compile(
+    "|".join(
+        f"(?i:{p.pattern.removeprefix('(?i)')})" if p.pattern.startswith("(?i)") else p.pattern
+        for p in _PATTERNS
+    )
+)
+# The shortest text any pattern or secret can match (``code=x``).
+_SHORTEST_MATCH = 6
 REDACTED = "[redacted]"
 
 
@@ -57,9 +66,13 @@ class Redactor(logging.Filter):
         self._secrets.sort(key=len, reverse=True)
 
     def redact(self, text: str) -> str:
+        if len(text) < _SHORTEST_MATCH:
+            return text
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        if _ANY_PATTERN.search(text) is None:
+            return text
         for pattern in _PATTERNS:
             if pattern.groups:
                 text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
@@ -85,10 +98,20 @@ class Redactor(logging.Filter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request id, extra fields."""
 
+    _second: int = -1
+    _second_text: str = ""
+
+    def _time(self, record: logging.LogRecord) -> str:
+        # Records come many to a second: the date and time are formatted once per second.
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": self._time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -123,6 +146,12 @@ def configure_logging(secrets: Iterable[str] = (), *, level: int = logging.INFO)
     Idempotent: called once per app, it only adds the new secrets.
     """
     _REDACTOR.add_secrets(secrets)
+    # The JSON lines name none of these: a record need not look them up (the caller's
+    # frame, above all, is a walk up the stack; see the logging HOWTO, "Optimization").
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     if not any(getattr(h, "_chime_broker", False) for h in root.handlers):
         root.addHandler(json_handler())

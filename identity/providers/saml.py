@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import requests
@@ -48,11 +47,7 @@ from onelogin.saml2.errors import OneLogin_Saml2_Error, OneLogin_Saml2_Validatio
 from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
-from pydantic import Field, SecretStr
 
-from identity.config.models import Problem, ProviderBase, ValidationContext
-from identity.config.report import Path
-from identity.config.types import NonEmptyStr, SecureUrl
 from identity.errors import BrokerError, InternalError, InvalidToken, UnmappableIdentity
 from identity.models import Principal
 from identity.providers.base import BuildContext, Built, ProviderKind, ProviderProblem
@@ -69,6 +64,7 @@ from identity.providers.saml_checks import (
     refusal,
     saml_time,
 )
+from identity.providers.saml_config import RESERVED_CLAIMS, SamlConfig
 from identity.providers.saml_logout import (
     LogoutBinding,
     LogoutRequestSeen,
@@ -89,7 +85,6 @@ from identity.providers.saml_sp import (
     DEFAULT_NAME_ID_FORMAT,
     NAME_ID_FORMATS,
     SP_METADATA_CACHE_SECONDS,
-    NameIdFormat,
     check_sp_key_pair,
 )
 from identity.store import Store
@@ -101,10 +96,6 @@ MAX_SAML_RESPONSE_BYTES: Final = MAX_SAML_MESSAGE_BYTES
 MAX_RELAY_STATE_BYTES: Final = 80
 SP_METADATA_TTL: Final = 3600.0
 
-# Claim names the assertion's subject fills; attributes never take them.
-_RESERVED_CLAIMS: Final = frozenset({"name_id", "name_id_format", "session_index"})
-# An ``attributes`` short name: what a template can name as a claim.
-_SHORT_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _V = OneLogin_Saml2_ValidationError
 
 
@@ -616,7 +607,7 @@ def _claims(
     aliased = {short: by_name[name] for short, name in aliases.items() if name in by_name}
     for attributes in (aliased, by_name, by_friendly_name):
         for key, values in attributes.items():
-            if key in _RESERVED_CLAIMS or key in claims:
+            if key in RESERVED_CLAIMS or key in claims:
                 continue
             texts = [text for text in map(_attribute_text, values) if text is not None]
             claims[key] = texts[0] if len(texts) == 1 else texts
@@ -634,58 +625,7 @@ def _attribute_text(value: Any) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------------- config, building
-
-
-class SamlConfig(ProviderBase):
-    """A SAML 2.0 IdP, by its metadata (file or URL)."""
-
-    default_user_id: ClassVar[str] = "{name_id}"
-    stable_claim: ClassVar[str] = "name_id"
-    nonce_capable: ClassVar[bool] = False
-    pool_can_verify: ClassVar[bool] = False
-    described_as: ClassVar[str] = "SAML providers"
-
-    kind: Literal["saml"]
-    idp_metadata_file: NonEmptyStr | None = None
-    idp_metadata_url: SecureUrl | None = None
-    sp_entity_id: NonEmptyStr
-    sp_key: SecretStr | None = None
-    sp_cert: NonEmptyStr | None = None
-    allow_idp_initiated: bool = False
-    name_id_format: NameIdFormat = DEFAULT_NAME_ID_FORMAT
-    signature: SignaturePlacement = "either"
-    attributes: dict[str, NonEmptyStr] = Field(default_factory=dict)
-
-    def endpoint_urls(self) -> list[tuple[Path, str]]:
-        return self.urls("idp_metadata_url")
-
-    def kind_problems(self, context: ValidationContext) -> list[Problem]:
-        problems: list[Problem] = []
-        if self.idp_metadata_file is None and self.idp_metadata_url is None:
-            problems.append((("idp_metadata_file",), "required (or idp_metadata_url)"))
-        elif self.idp_metadata_file is not None and self.idp_metadata_url is not None:
-            problems.append(
-                (("idp_metadata_url",), "set idp_metadata_file or idp_metadata_url, not both")
-            )
-        if (self.sp_key is None) != (self.sp_cert is None):
-            missing = "sp_cert" if self.sp_cert is None else "sp_key"
-            problems.append(((missing,), "sp_key and sp_cert go together"))
-        for short in self.attributes:
-            if _SHORT_NAME.fullmatch(short) is None:
-                problems.append(
-                    (("attributes", short), "a short name is letters, digits and _ (a claim name)")
-                )
-            elif short in _RESERVED_CLAIMS:
-                problems.append((("attributes", short), "is filled from the assertion's subject"))
-        return problems
-
-    def is_mutable_claim(self, claim: str) -> bool:
-        """An alias reads what its attribute Name reads."""
-        name = self.attributes.get(claim.split(".", 1)[0])
-        return super().is_mutable_claim(claim) or (
-            name is not None and super().is_mutable_claim(name)
-        )
+# ---------------------------------------------------------------------------- building
 
 
 def build_saml(

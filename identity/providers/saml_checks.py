@@ -164,13 +164,11 @@ def _signature_problem(signature: etree._Element) -> str | None:
     if len(signed_info) != 1:
         return "a Signature without exactly one SignedInfo"
     info = signed_info[0]
-    methods = info.xpath("ds:CanonicalizationMethod/@Algorithm", namespaces=NS)
-    if len(methods) != 1 or methods[0] not in _CANONICALIZATIONS:
-        return f"canonicalization {excerpt(methods)}"
-    methods = info.xpath("ds:SignatureMethod/@Algorithm", namespaces=NS)
-    check_not_sha1(methods)
-    if len(methods) != 1 or methods[0] not in _SIGNATURE_METHODS:
-        return f"signature method {excerpt(methods)}"
+    problem = _algorithm_problem(
+        info, "CanonicalizationMethod", _CANONICALIZATIONS, "canonicalization"
+    ) or _algorithm_problem(info, "SignatureMethod", _SIGNATURE_METHODS, "signature method")
+    if problem is not None:
+        return problem
     references = info.xpath("ds:Reference", namespaces=NS)
     if len(references) != 1:
         return f"{len(references)} References in one Signature"
@@ -179,13 +177,24 @@ def _signature_problem(signature: etree._Element) -> str | None:
     parent_id = parent.get("ID") if parent is not None else None
     if not parent_id or reference.get("URI") != "#" + parent_id:
         return f"Reference URI {excerpt(reference.get('URI'))} is not its parent's ID"
-    digests = reference.xpath("ds:DigestMethod/@Algorithm", namespaces=NS)
-    check_not_sha1(digests)
-    if len(digests) != 1 or digests[0] not in _DIGEST_METHODS:
-        return f"digest method {excerpt(digests)}"
+    problem = _algorithm_problem(reference, "DigestMethod", _DIGEST_METHODS, "digest method")
+    if problem is not None:
+        return problem
     transforms = reference.xpath("ds:Transforms/ds:Transform/@Algorithm", namespaces=NS)
     if not set(transforms) <= _TRANSFORMS:
         return f"transforms {excerpt(transforms)}"
+    return None
+
+
+def _algorithm_problem(
+    element: etree._Element, method: str, allowed: frozenset[str], what: str
+) -> str | None:
+    """``what`` and the Algorithms found unless ``element`` has exactly one ``method`` child
+    whose Algorithm is ``allowed``; ``InvalidToken`` for a SHA-1 one."""
+    algorithms = element.xpath(f"ds:{method}/@Algorithm", namespaces=NS)
+    check_not_sha1(algorithms)
+    if len(algorithms) != 1 or algorithms[0] not in allowed:
+        return f"{what} {excerpt(algorithms)}"
     return None
 
 

@@ -11,14 +11,11 @@ through ``verify_jwt`` with the id token's issuer, audience, keys and algorithms
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any, Final
 
-import requests
-
 from identity.errors import InvalidToken, UpstreamError
-from identity.http import no_answer, read_capped, upstream_session
+from identity.http import get_capped, json_object, upstream_session
 from identity.models import Principal
 from identity.providers.id_token import IdTokenProvider
 from identity.tokens import verify_jwt
@@ -79,31 +76,26 @@ class UserinfoClaims:
 
     def _fetch(self, endpoint: str, access_token: str) -> dict[str, Any]:
         name = self._verifier.name
-        try:
-            with self._session.get(
-                endpoint,
-                timeout=self._timeouts,
-                stream=True,
-                allow_redirects=False,
-                headers={
-                    "Authorization": f"Bearer {access_token}",
-                    "Accept": "application/json, application/jwt",
-                },
-            ) as response:
-                status = response.status_code
-                content_type = response.headers.get("Content-Type", "")
-                body = read_capped(response, MAX_USERINFO_BYTES) if status == 200 else b""
-        except requests.RequestException as e:
-            raise no_answer(
-                e, upstream=f"{name}: the userinfo endpoint", where=f"userinfo at {endpoint}"
-            ) from None
-        if status != 200 or body is None:
+        answer = get_capped(
+            self._session,
+            endpoint,
+            headers={
+                "Authorization": f"Bearer {access_token}",
+                "Accept": "application/json, application/jwt",
+            },
+            timeouts=self._timeouts,
+            limit=MAX_USERINFO_BYTES,
+            upstream=f"{name}: the userinfo endpoint",
+            where=f"userinfo at {endpoint}",
+        )
+        body = answer.body
+        if answer.status != 200 or body is None:
             raise UpstreamError(
                 f"{name}: the userinfo endpoint failed",
-                log_detail=f"userinfo at {endpoint}: HTTP {status}"
+                log_detail=f"userinfo at {endpoint}: HTTP {answer.status}"
                 + (" (over the size cap)" if body is None else ""),
             )
-        media_type = content_type.split(";", 1)[0].strip().lower()
+        media_type = answer.content_type.split(";", 1)[0].strip().lower()
         if media_type == "application/jwt":
             # A refused signature is the provider failing, not the user: 502.
             try:
@@ -118,11 +110,8 @@ class UserinfoClaims:
                     f"{name}: the signed userinfo answer does not verify",
                     log_detail=f"userinfo at {endpoint}: {e.detail} ({e.log_detail})",
                 ) from None
-        try:
-            document = json.loads(body)
-        except (ValueError, RecursionError):
-            document = None
-        if not isinstance(document, dict):
+        document = json_object(body)
+        if document is None:
             raise UpstreamError(
                 f"{name}: the userinfo endpoint answered nonsense",
                 log_detail=f"userinfo at {endpoint}: not a JSON object",

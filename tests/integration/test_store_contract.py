@@ -31,7 +31,9 @@ from identity.store import open_store as _open_store
 from service.demo.aws_world import REGION
 
 THREADS = 16
-PROCESSES = 6
+PROCESSES = 4
+# Increments per racing process: enough that the processes' loops overlap.
+PROCESS_INCREMENTS = 40
 # Short enough to keep the suite quick, long enough that a loaded machine still
 # performs the "before expiry" steps in time.
 SHORT_TTL = 0.25
@@ -217,6 +219,36 @@ def test_replace_validates_like_set(store: Store) -> None:
     assert store.get("k") == b"v"
 
 
+def test_compare_and_set_writes_only_over_the_value_read(store: Store) -> None:
+    assert not store.compare_and_set("index", b"read", b"new", 30)
+    assert store.get("index") is None
+    store.set("index", b"read", 30)
+    assert not store.compare_and_set("index", b"other", b"new", 30)
+    assert store.get("index") == b"read"
+    assert store.compare_and_set("index", b"read", b"new", 30)
+    assert store.get("index") == b"new"
+    assert not store.compare_and_set("index", b"read", b"newer", 30)
+    assert store.get("index") == b"new"
+    store.set("expiring", b"read", SHORT_TTL)
+    time.sleep(PAST_SHORT_TTL)
+    assert not store.compare_and_set("expiring", b"read", b"revived", 30)
+    assert store.get("expiring") is None
+    with pytest.raises(ValueError, match="ttl"):
+        store.compare_and_set("index", b"new", b"w", 0)
+    with pytest.raises(TypeError):
+        store.compare_and_set("index", b"new", "text", 30)  # type: ignore[arg-type]
+    assert store.get("index") == b"new"
+
+
+def test_of_racing_compare_and_sets_from_one_read_exactly_one_wins(store: Store) -> None:
+    for round_ in range(5):
+        key = f"versioned-{round_}"
+        store.set(key, b"v0", 30)
+        wins = _race_threads(lambda i, key=key: store.compare_and_set(key, b"v0", b"%d" % i, 30))
+        assert wins.count(True) == 1
+        assert store.get(key) == b"%d" % wins.index(True)
+
+
 def test_get_and_delete_is_single_use(store: Store) -> None:
     store.set("login-state", b"verifier", 30)
     assert store.get_and_delete("login-state") == b"verifier"
@@ -309,7 +341,7 @@ def test_no_replace_revives_a_key_taken_in_a_race(store: Store) -> None:
 
 
 def test_incr_from_many_threads_counts_exactly(store: Store) -> None:
-    per_thread = 50
+    per_thread = 25
     counts = _race_threads(lambda _i: [store.incr("total", 30) for _ in range(per_thread)])
     seen = sorted(n for thread_counts in counts for n in thread_counts)
     assert seen == list(range(1, THREADS * per_thread + 1))
@@ -330,7 +362,7 @@ def _worker(operation: str, url: str, key: str, index: int, start: Any, results:
             elif operation == "get_and_delete":
                 outcome = store.get_and_delete(key)
             else:
-                outcome = [store.incr(key, 30) for _ in range(100)]
+                outcome = [store.incr(key, 30) for _ in range(PROCESS_INCREMENTS)]
         finally:
             store.close()
         results.put((index, outcome))
@@ -396,7 +428,7 @@ def test_get_and_delete_race_between_processes_has_one_taker(shared_store_url: s
 def test_incr_from_many_processes_counts_exactly(shared_store_url: str) -> None:
     counts = _race_processes("incr", shared_store_url, "total")
     seen = sorted(n for process_counts in counts for n in process_counts)
-    assert seen == list(range(1, PROCESSES * 100 + 1))
+    assert seen == list(range(1, PROCESSES * PROCESS_INCREMENTS + 1))
 
 
 # --------------------------------------------------------------------------- sqlite

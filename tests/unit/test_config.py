@@ -30,7 +30,7 @@ from identity.models import Principal
 from identity.providers.google import GoogleConfig
 from identity.providers.guest import GuestConfig, InviteConfig
 from identity.providers.oidc import OidcConfig
-from identity.providers.saml import SamlConfig
+from identity.providers.saml_config import SamlConfig
 from tests.fixtures.configs import REMOVE, provider_dict, valid_config_dict
 
 REPO = Path(__file__).resolve().parents[2]
