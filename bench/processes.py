@@ -103,23 +103,25 @@ class Processes:
             time.sleep(0.1)
         raise RuntimeError(f"{name} did not answer {url} within 60 s:\n{self.log_tail(name)}")
 
-    def stop(self, process: subprocess.Popen[bytes]) -> None:
-        for entry in list(self._running):
-            if entry[0] is process:
-                self._running.remove(entry)
-                _terminate(process)
-                entry[1].close()
-
-    def stop_all(self) -> None:
-        while self._running:
-            process, log = self._running.pop()
-            _terminate(process)
+    def stop(self, *processes: subprocess.Popen[bytes]) -> None:
+        """Stop ``processes`` (all signalled before any is waited for)."""
+        entries = [e for e in self._running if any(e[0] is p for p in processes)]
+        for entry in entries:
+            self._running.remove(entry)
+        _terminate(*(process for process, _ in entries))
+        for _, log in entries:
             log.close()
 
+    def stop_all(self) -> None:
+        self.stop(*(process for process, _ in self._running))
 
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
+
+def _terminate(*processes: subprocess.Popen[bytes]) -> None:
+    # Each server's graceful shutdown takes a while: let them all run at once.
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
         process.send_signal(signal.SIGTERM)
+    for process in running:
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:

@@ -353,8 +353,7 @@ def _handlers(
             print(f"--- {name} log, last lines:\n{procs.log_tail(name)}", file=sys.stderr)
         raise
     finally:
-        for process, _ in started.values():
-            procs.stop(process)
+        procs.stop(*(process for process, _ in started.values()))
 
 
 # --------------------------------------------------------------------------- scenarios

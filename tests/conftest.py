@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.fixtures.pysaml2_idp",
     "tests.fixtures.apps",
     "tests.fixtures.live_server",
+    "tests.fixtures.logs",
     "tests.fixtures.records",
     "tests.fakes",
 ]

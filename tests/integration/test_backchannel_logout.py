@@ -32,12 +32,18 @@ from identity.sessions import SessionRecord
 from service.demo.dev_idp import DevIdentityProvider
 from tests.fakes import FakeClock
 from tests.fixtures.apps import MakeApp, MakeConfig
-from tests.fixtures.certified_op import CertifiedOp, OpClient, query_of
+from tests.fixtures.certified_op import (
+    SPA,
+    SPA_HOME,
+    CertifiedOp,
+    OpClient,
+    op_broker_config,
+    op_provider,
+    query_of,
+)
 from tests.fixtures.live_server import LiveServer, LoopbackSession
 from tests.fixtures.oidc_provider import ALICE_SUB, TEST_CLIENT_ID
 
-SPA = "https://app.example.chat"
-SPA_HOME = f"{SPA}/app/"
 COOKIE = "chime_broker_session"
 LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 PROBLEM = "application/problem+json"
@@ -126,25 +132,8 @@ def logout_rig(
                 post_logout_redirect_uris=[SPA_HOME],
             )
             registered.append(client)
-            return make_config(
-                service__public_url=url,
-                service__session_lifetime="2h",
-                service__allowed_origins=[SPA],
-                service__allowed_return_to=[SPA_HOME],
-                service__default_return_to=SPA_HOME,
-                providers=[
-                    {
-                        "name": "corp",
-                        "kind": "oidc",
-                        "issuer": certified_op.issuer,
-                        "client_id": client.client_id,
-                        "client_secret": client.client_secret,
-                        "scopes": ["openid", "email", "profile"],
-                        "exchange": "sts",
-                        "map": {"user_id": "corp-{sub}"},
-                    }
-                ],
-            )
+            corp = op_provider(certified_op, "corp", client, map={"user_id": "corp-{sub}"})
+            return op_broker_config(make_config, url, [corp])
 
         server = live_broker(config, clock=clock)
         return LogoutRig(server, certified_op, registered[0])

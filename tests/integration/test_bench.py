@@ -189,7 +189,7 @@ def _number(cell: str) -> float:
 def _run_bench(tmp_path: Path, *arguments: str) -> tuple[str, Path]:
     output = tmp_path / "results" / "latest.md"
     tiny = [
-        "--upstreams=instant", "--duration=0.5", "--warmup=0", "--users=4",
+        "--upstreams=instant", "--duration=0.25", "--warmup=0", "--users=4",
         "--connections=4", "--workers=1", f"--output={output}",
     ]  # fmt: skip
     run = subprocess.run(

@@ -25,12 +25,19 @@ from identity.sessions import SessionRecord
 from service.demo.dev_idp import DevIdentityProvider
 from tests.fakes import FakeClock
 from tests.fixtures.apps import MakeConfig
-from tests.fixtures.certified_op import MOBILE_REDIRECT_URI, CertifiedOp, OpClient, query_of
+from tests.fixtures.certified_op import (
+    MOBILE_REDIRECT_URI,
+    SPA,
+    SPA_HOME,
+    CertifiedOp,
+    OpClient,
+    op_broker_config,
+    op_provider,
+    query_of,
+)
 from tests.fixtures.live_server import LiveServer, LoopbackSession
 from tests.fixtures.oidc_provider import ALICE_SUB
 
-SPA = "https://app.example.chat"
-SPA_HOME = f"{SPA}/app/"
 MOBILE_REDIRECT = MOBILE_REDIRECT_URI
 COOKIE = "chime_broker_session"
 
@@ -109,26 +116,16 @@ def op_broker(
                 )
                 registered[name] = client
                 providers.append(
-                    {
-                        "name": name,
-                        "kind": "oidc",
-                        "issuer": certified_op.issuer,
-                        "client_id": client.client_id,
-                        "client_secret": client.client_secret,
-                        "scopes": list(scopes),
-                        "exchange": "sts",
-                        "map": dict(map or default_map(name)),
+                    op_provider(
+                        certified_op,
+                        name,
+                        client,
+                        map=map or default_map(name),
+                        scopes=scopes,
                         **provider_keys,
-                    }
+                    )
                 )
-            return make_config(
-                service__public_url=url,
-                service__session_lifetime="2h",
-                service__allowed_origins=[SPA],
-                service__allowed_return_to=[SPA_HOME],
-                service__default_return_to=SPA_HOME,
-                providers=providers,
-            )
+            return op_broker_config(make_config, url, providers)
 
         server = live_broker(config, clock=clock)
         return OpBroker(server, certified_op, registered)

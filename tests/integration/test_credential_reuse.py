@@ -18,7 +18,7 @@ from tests.fixtures.pool_proxy import PoolProxy
 from tests.fixtures.recorder import sts_tags
 
 CLIENT_ID = "mobile-app"
-USERS = 40
+USERS = 16
 LAUNCHES = 3
 REFRESHES = 2
 VENDING_CALLS = (

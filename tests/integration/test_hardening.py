@@ -228,33 +228,31 @@ def demo_config() -> Path:
     return REPO / "service" / "demo" / "demo.yaml"
 
 
-def wsgi_environment(config: Path, **extra: str) -> dict[str, str]:
+def load_wsgi(config: Path, *command: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    """``command`` (default: ``python -c "import wsgi"``) in the checkout, with
+    ``BROKER_CONFIG=config`` and ``extra`` in its environment, and no other AWS_LAMBDA_*."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_LAMBDA")}
-    return {**base, "BROKER_CONFIG": str(config), **extra}
-
-
-def test_importing_wsgi_with_mode_demo_fails_naming_the_mode(demo_config: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", "import wsgi"],
-        env=wsgi_environment(demo_config),
+    return subprocess.run(
+        list(command or (sys.executable, "-c", "import wsgi")),
+        env={**base, "BROKER_CONFIG": str(config), **extra},
         capture_output=True,
         text=True,
         timeout=60,
         cwd=REPO,
     )
+
+
+def test_importing_wsgi_with_mode_demo_fails_naming_the_mode(demo_config: Path) -> None:
+    result = load_wsgi(demo_config)
     assert result.returncode == APP_LOAD_ERROR
     assert "  mode: demo serves only under `chime-broker demo`" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_gunicorn_with_mode_demo_does_not_boot(demo_config: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-b", "127.0.0.1:0", "-w", "1", "wsgi:application"],
-        env=wsgi_environment(demo_config),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
+    result = load_wsgi(
+        demo_config,
+        *(sys.executable, "-m", "gunicorn", "-b", "127.0.0.1:0", "-w", "1", "wsgi:application"),
     )
     assert result.returncode == APP_LOAD_ERROR
     assert "mode: demo serves only" in result.stderr
@@ -264,14 +262,7 @@ def test_gunicorn_with_mode_demo_does_not_boot(demo_config: Path) -> None:
 
 
 def test_lambda_with_mode_demo_fails_its_init_naming_the_mode(demo_config: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", "import wsgi"],
-        env=wsgi_environment(demo_config, AWS_LAMBDA_FUNCTION_NAME="chime-broker"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    result = load_wsgi(demo_config, AWS_LAMBDA_FUNCTION_NAME="chime-broker")
     assert result.returncode != 0
     assert "LambdaStartupError: mode: demo serves only" in result.stderr
 

@@ -4,9 +4,7 @@ health, metrics, OpenAPI, and logs that never carry secrets."""
 from __future__ import annotations
 
 import io
-import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,9 +12,9 @@ from flask import Flask
 from openapi_spec_validator import validate
 
 from identity.store import open_store
-from service.logs import JsonFormatter, redactor
 from tests.fixtures.apps import MakeApp
 from tests.fixtures.configs import provider_dict
+from tests.fixtures.logs import log_lines
 
 SECRET_KEY = "s3cr3t-key-0123456789-abcdefghijklmnop"
 CLIENT_SECRET = "okta-client-secret-value-9876"
@@ -40,21 +38,6 @@ HTTP: dict[str, Any] = {
 @pytest.fixture
 def app(make_app: MakeApp) -> Flask:
     return make_app(**HTTP)
-
-
-@pytest.fixture
-def log_output() -> Iterator[io.StringIO]:
-    """Everything the broker logs, formatted and redacted as in production."""
-    buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(redactor())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield buffer
-    finally:
-        root.removeHandler(handler)
 
 
 def assert_problem(response, status: int, code: str) -> dict:
@@ -91,7 +74,7 @@ def test_body_over_the_cap_is_413(app: Flask) -> None:
     assert app.test_client().post("/echo-for-test", data=b"x" * 1000).data == b"1000"
 
 
-def test_unhandled_exception_shows_only_the_request_id(app: Flask, log_output: io.StringIO) -> None:
+def test_unhandled_exception_shows_only_the_request_id(app: Flask, broker_log: io.StringIO) -> None:
     @app.get("/boom-for-test")
     def boom() -> str:
         raise RuntimeError(f"database password is {CLIENT_SECRET}")
@@ -101,7 +84,7 @@ def test_unhandled_exception_shows_only_the_request_id(app: Flask, log_output: i
     assert CLIENT_SECRET not in response.get_data(as_text=True)
     assert "RuntimeError" not in response.get_data(as_text=True)
     assert "Traceback" not in body["detail"]
-    logged = log_output.getvalue()
+    logged = broker_log.getvalue()
     assert "RuntimeError" in logged
     assert body["request_id"] in logged
     assert CLIENT_SECRET not in logged
@@ -173,7 +156,7 @@ def test_client_address_believes_only_trusted_proxy_hops(
     proxies: int,
     forwarded_for: str,
     expected_client: str,
-    log_output: io.StringIO,
+    broker_log: io.StringIO,
     make_app: MakeApp,
 ) -> None:
     app = make_app(**HTTP, service__trusted_proxies=proxies)
@@ -185,7 +168,7 @@ def test_client_address_believes_only_trusted_proxy_hops(
         },
         environ_base={"REMOTE_ADDR": "10.0.0.1"},
     )
-    access = [json.loads(line) for line in log_output.getvalue().splitlines()]
+    access = log_lines(broker_log)
     access = [entry for entry in access if entry["logger"] == "chime_broker.access"]
     assert access[-1]["client"] == expected_client
     assert access[-1]["scheme"] == ("https" if proxies else "http")
@@ -237,7 +220,7 @@ def test_openapi_is_valid_and_documents_every_route(app: Flask) -> None:
 
 
 def test_logs_never_carry_secrets_from_config_or_request(
-    app: Flask, log_output: io.StringIO
+    app: Flask, broker_log: io.StringIO
 ) -> None:
     jwt_like = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXZhbHVl"
     client = app.test_client()
@@ -251,7 +234,7 @@ def test_logs_never_carry_secrets_from_config_or_request(
     logging.getLogger("chime_broker.test").info(
         "aws answered", extra={"fields": {"access_key": "ASIAEXAMPLEKEY1234567", "token": jwt_like}}
     )
-    logged = log_output.getvalue()
+    logged = broker_log.getvalue()
     assert logged.count("\n") >= 3
     for secret in (SECRET_KEY, CLIENT_SECRET, jwt_like, "ASIAEXAMPLEKEY1234567", "authcode123456"):
         assert secret not in logged

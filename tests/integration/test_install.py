@@ -56,9 +56,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     )
     [wheel] = wheels.glob("chime_identity_broker-*.whl")
     venv = root / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)], cwd=root)
+    # The environment gets no pip of its own: this pip installs into it (--python), which
+    # saves bootstrapping one and resolves with a current pip.
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=root)
     install_output = _run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-v", str(wheel)], cwd=root
+        [
+            *(sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")),
+            *("install", "-v", str(wheel)),
+        ],
+        cwd=root,
     )
     yield Installed(venv / "bin" / "chime-broker", build_output, install_output)
 

@@ -138,6 +138,31 @@ def start(browser: Browser, provider: str, **params: str) -> requests.Response:
     return response
 
 
+def authorized(broker: LiveServer, idp: DevIdentityProvider) -> tuple[Browser, str]:
+    """A browser that began a login and signed in at the IdP; the callback it is to open."""
+    browser = Browser(broker)
+    return browser, browser.authorize(idp, browser.begin())
+
+
+def only_pre_login_cookie(browser: Browser) -> tuple[str, str]:
+    """The name and value of the one pre-login cookie ``browser`` holds."""
+    [(name, value)] = pre_login_cookies(browser.http.cookies).items()
+    return name, value
+
+
+def carrying(broker: LiveServer, cookies: dict[str, str]) -> Browser:
+    """Another browser, holding ``cookies`` (captured from the first)."""
+    browser = Browser(broker)
+    for name, value in cookies.items():
+        browser.http.cookies.set(name, value, domain="127.0.0.1", path="/")
+    return browser
+
+
+def assert_refused(response: requests.Response) -> None:
+    assert_problem(response, 400, "invalid_request")
+    assert_no_session_cookie(response)
+
+
 # -- starts ------------------------------------------------------------------------------
 
 
@@ -147,8 +172,7 @@ def test_anonymous_login_starts_write_nothing_to_the_store(
     oidc_provider: DevIdentityProvider,
     aws: Any,
 ) -> None:
-    counted = store
-    before = counted.count()
+    before = store.count()
     challenge = s256(secrets.token_urlsafe(48))
     kinds: list[tuple[str, dict[str, str]]] = [
         ("okta", {"return_to": SPA_HOME}),
@@ -161,7 +185,7 @@ def test_anonymous_login_starts_write_nothing_to_the_store(
         begun = start(Browser(broker), provider, **params)  # a new anonymous client each time
         assert [name for name in set_cookies(begun) if is_pre_login(name)]
 
-    assert counted.count() == before
+    assert store.count() == before
     assert aws.recorder.requests() == []
 
     # Only the answer writes: the spent state, then the session.
@@ -169,11 +193,11 @@ def test_anonymous_login_starts_write_nothing_to_the_store(
     done = browser.login(oidc_provider)
     assert done.status_code == 302 and done.headers["Location"] == SPA_HOME
     assert COOKIE in set_cookies(done)
-    if counted.redis is not None:
-        written = counted.keys()
+    if store.redis is not None:
+        written = store.keys()
         assert len([k for k in written if k.startswith("login-spent:")]) == 1
         assert [k for k in written if k.startswith("session:")]
-    assert counted.count() > before
+    assert store.count() > before
     assert browser.api("GET", "/v1/session").status_code == 200
 
 
@@ -186,30 +210,23 @@ def test_a_replayed_callback_is_refused_and_opens_no_second_session(
     oidc_provider: DevIdentityProvider,
     aws: Any,
 ) -> None:
-    counted = store
-    browser = Browser(broker)
-    callback = browser.authorize(oidc_provider, browser.begin())
+    browser, callback = authorized(broker, oidc_provider)
     captured = pre_login_cookies(browser.http.cookies)
     done = browser.get(callback)
     assert done.status_code == 302 and COOKIE in set_cookies(done)
     # The spent login's cookie is removed with the answer.
     assert pre_login_cookies(browser.http.cookies) == {}
-    after_login = counted.count()
+    after_login = store.count()
     token_requests = oidc_provider.token_requests
 
     # Replayed by someone who captured the cookie and the answer: the replay cache refuses.
-    thief = Browser(broker)
-    for name, value in captured.items():
-        thief.http.cookies.set(name, value, domain="127.0.0.1", path="/")
-    replayed = thief.get(callback)
-    assert_problem(replayed, 400, "invalid_request")
-    assert_no_session_cookie(replayed)
+    replayed = carrying(broker, captured).get(callback)
+    assert_refused(replayed)
     # And in the browser itself (the back button).
     again = browser.get(callback)
-    assert_problem(again, 400, "invalid_request")
-    assert_no_session_cookie(again)
+    assert_refused(again)
 
-    assert counted.count() == after_login  # no second session
+    assert store.count() == after_login  # no second session
     assert oidc_provider.token_requests == token_requests  # refused before the IdP
     assert aws.recorder.requests() == []
 
@@ -217,16 +234,13 @@ def test_a_replayed_callback_is_refused_and_opens_no_second_session(
 def test_of_two_answers_at_once_with_the_same_state_one_signs_in(
     broker: LiveServer, oidc_provider: DevIdentityProvider
 ) -> None:
-    browser = Browser(broker)
-    callback = browser.authorize(oidc_provider, browser.begin())
+    browser, callback = authorized(broker, oidc_provider)
     cookies = pre_login_cookies(browser.http.cookies)
     barrier = threading.Barrier(2)
     answers: list[requests.Response] = []
 
     def answer() -> None:
-        tab = Browser(broker)
-        for name, value in cookies.items():
-            tab.http.cookies.set(name, value, domain="127.0.0.1", path="/")
+        tab = carrying(broker, cookies)
         barrier.wait()
         answers.append(tab.get(callback))
 
@@ -242,8 +256,7 @@ def test_of_two_answers_at_once_with_the_same_state_one_signs_in(
     assert won.headers["Location"] == SPA_HOME and COOKIE in set_cookies(won)
     [lost] = [a for a in answers if a.status_code == 400]
     # Refused by the broker's replay cache, not by the IdP spending the code.
-    assert_problem(lost, 400, "invalid_request")
-    assert_no_session_cookie(lost)
+    assert_refused(lost)
 
 
 def test_a_callback_with_the_cookie_of_another_start_is_refused(
@@ -252,26 +265,21 @@ def test_a_callback_with_the_cookie_of_another_start_is_refused(
     oidc_provider: DevIdentityProvider,
     aws: Any,
 ) -> None:
-    counted = store
-    browser = Browser(broker)
-    callback = browser.authorize(oidc_provider, browser.begin())
-    [(mine, my_value)] = pre_login_cookies(browser.http.cookies).items()
+    browser, callback = authorized(broker, oidc_provider)
+    mine, my_value = only_pre_login_cookie(browser)
     other = Browser(broker)
     other.begin()
-    [(theirs, their_value)] = pre_login_cookies(other.http.cookies).items()
-    before = counted.count()
+    theirs, their_value = only_pre_login_cookie(other)
+    before = store.count()
 
     # The other start's cookie as it is, and moved under this start's name.
-    as_set = Browser(broker)
-    as_set.http.cookies.set(theirs, their_value, domain="127.0.0.1", path="/")
-    moved = Browser(broker)
-    moved.http.cookies.set(mine, their_value, domain="127.0.0.1", path="/")
+    as_set = carrying(broker, {theirs: their_value})
+    moved = carrying(broker, {mine: their_value})
     for attacker in (as_set, moved):
         refused = attacker.get(callback)
-        assert_problem(refused, 400, "invalid_request")
-        assert_no_session_cookie(refused)
+        assert_refused(refused)
 
-    assert counted.count() == before  # nothing spent, no session
+    assert store.count() == before  # nothing spent, no session
     assert aws.recorder.requests() == []
     # The login still finishes in the browser that began it.
     assert my_value == pre_login_cookies(browser.http.cookies)[mine]
@@ -291,23 +299,20 @@ def test_a_tampered_cookie_is_refused_with_the_stale_sign_in_page(
     oidc_provider: DevIdentityProvider,
     aws: Any,
 ) -> None:
-    counted = store
-    browser = Browser(broker)
-    callback = browser.authorize(oidc_provider, browser.begin())
-    [(name, value)] = pre_login_cookies(browser.http.cookies).items()
-    before = counted.count()
+    browser, callback = authorized(broker, oidc_provider)
+    name, value = only_pre_login_cookie(browser)
+    before = store.count()
 
     browser.http.cookies.set(name, tampered(value), domain="127.0.0.1", path="/")
     as_api = browser.get(callback)
-    assert_problem(as_api, 400, "invalid_request")
-    assert_no_session_cookie(as_api)
+    assert_refused(as_api)
     as_page = browser.get(callback, headers={"Accept": BROWSER_ACCEPT})
     assert as_page.status_code == 400
     assert as_page.headers["Content-Type"] == "text/html; charset=utf-8"
     page = PageReader(as_page.text)
     assert page.text("heading") == "This sign-in link is stale or already used"
     assert_no_session_cookie(as_page)
-    assert counted.count() == before
+    assert store.count() == before
     assert aws.recorder.requests() == []
 
     # Nothing was spent: with its own cookie back, the login finishes.
@@ -318,8 +323,7 @@ def test_a_tampered_cookie_is_refused_with_the_stale_sign_in_page(
 def test_an_answer_after_the_cookie_expired_is_the_expired_page(
     broker: LiveServer, oidc_provider: DevIdentityProvider, clock: FakeClock
 ) -> None:
-    browser = Browser(broker)
-    callback = browser.authorize(oidc_provider, browser.begin())
+    browser, callback = authorized(broker, oidc_provider)
     clock.advance(601)
     browser.http.cookies.clear()  # what the browser does after Max-Age=600
     late = browser.get(callback, headers={"Accept": BROWSER_ACCEPT})

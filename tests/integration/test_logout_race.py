@@ -89,10 +89,56 @@ def brokers(
 config_for = browser_login.config_for
 
 
+class Race:
+    """The two brokers, the gate at the IdP's token endpoint, and a thread for the refresh."""
+
+    def __init__(
+        self,
+        brokers: tuple[LiveServer, LiveServer],
+        gate: TokenEndpointGate,
+        pool: ThreadPoolExecutor,
+        clock: FakeClock,
+        aws: Any,
+    ) -> None:
+        self.at, self.elsewhere = brokers
+        self.gate = gate
+        self.pool = pool
+        self.clock = clock
+        self.aws = aws
+
+    def refresh_during(
+        self, refresh: Callable[[], requests.Response], end: Callable[[], None]
+    ) -> None:
+        """Let the recheck come due, start ``refresh``, hold it at the IdP's token
+        endpoint, ``end`` the session meanwhile, then let the refresh finish: it is
+        refused, without credentials or any AWS call."""
+        self.clock.advance(RECHECK_DUE)
+        self.aws.recorder.reset()
+        self.gate.armed = True
+        pending: Future[requests.Response] = self.pool.submit(refresh)
+        assert self.gate.arrived.wait(GATE_TIMEOUT), "the refresh never reached the IdP"
+        try:
+            end()
+        finally:
+            self.gate.opened.set()
+        self.assert_ended(pending.result(timeout=GATE_TIMEOUT))
+
+    def assert_ended(self, *responses: requests.Response) -> None:
+        for response in responses:
+            browser_login.assert_problem(response, 401, "unauthenticated")
+            assert "credentials" not in response.json()
+        assert self.aws.recorder.requests() == []
+
+
 @pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(max_workers=1) as executor:
-        yield executor
+def race(
+    brokers: tuple[LiveServer, LiveServer],
+    gate: TokenEndpointGate,
+    clock: FakeClock,
+    aws: Any,
+) -> Iterator[Race]:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield Race(brokers, gate, pool, clock, aws)
 
 
 def stored_session(broker: LiveServer, token: str) -> bytes | None:
@@ -101,43 +147,14 @@ def stored_session(broker: LiveServer, token: str) -> bytes | None:
     )
 
 
-def refresh_while(
-    gate: TokenEndpointGate,
-    pool: ThreadPoolExecutor,
-    refresh: Callable[[], requests.Response],
-    end: Callable[[], None],
-) -> requests.Response:
-    """Start ``refresh``, hold it at the IdP's token endpoint, ``end`` the session
-    meanwhile, then let the refresh finish; its response."""
-    gate.armed = True
-    pending: Future[requests.Response] = pool.submit(refresh)
-    assert gate.arrived.wait(GATE_TIMEOUT), "the refresh never reached the IdP"
-    try:
-        end()
-    finally:
-        gate.opened.set()
-    return pending.result(timeout=GATE_TIMEOUT)
-
-
 def logged_out(response: requests.Response) -> None:
     assert response.status_code == 200, response.text
 
 
-def assert_ended(response: requests.Response) -> None:
-    browser_login.assert_problem(response, 401, "unauthenticated")
-    assert "credentials" not in response.json()
-
-
 def test_a_browser_logout_during_a_recheck_sticks(
-    brokers: tuple[LiveServer, LiveServer],
-    gate: TokenEndpointGate,
-    pool: ThreadPoolExecutor,
-    oidc_provider: DevIdentityProvider,
-    clock: FakeClock,
-    aws: Any,
+    race: Race, oidc_provider: DevIdentityProvider
 ) -> None:
-    at, elsewhere = brokers
-    browser = browser_login.Browser(at)
+    browser = browser_login.Browser(race.at)
     assert browser.login(oidc_provider).status_code == 302
     token = browser.cookie()
     assert token is not None
@@ -147,39 +164,28 @@ def test_a_browser_logout_during_a_recheck_sticks(
     # The logout comes from another tab of the same browser, through the other broker.
     other_tab = LoopbackSession()
     other_tab.cookies.update(browser.http.cookies)
-    clock.advance(RECHECK_DUE)
-    aws.recorder.reset()
-    refused = refresh_while(
-        gate,
-        pool,
+    race.refresh_during(
         lambda: browser.api("POST", "/v1/credentials"),
         lambda: logged_out(
             other_tab.post(
-                f"{elsewhere.url}/v1/logout", headers={"Origin": browser_login.SPA}, timeout=10
+                f"{race.elsewhere.url}/v1/logout",
+                headers={"Origin": browser_login.SPA},
+                timeout=10,
             )
         ),
     )
 
-    assert_ended(refused)
     assert oidc_provider.token_requests == tokens_before + 1
-    assert aws.recorder.requests() == []
-    assert stored_session(at, token) is None
+    assert stored_session(race.at, token) is None
     browser_login.assert_problem(browser.api("GET", "/v1/session"), 401, "unauthenticated")
-    assert_ended(browser.api("POST", "/v1/credentials"))
-    assert aws.recorder.requests() == []
+    race.assert_ended(browser.api("POST", "/v1/credentials"))
 
 
 def test_a_native_logout_during_a_recheck_sticks(
-    brokers: tuple[LiveServer, LiveServer],
-    gate: TokenEndpointGate,
-    pool: ThreadPoolExecutor,
-    oidc_provider: DevIdentityProvider,
-    clock: FakeClock,
-    aws: Any,
+    race: Race, oidc_provider: DevIdentityProvider
 ) -> None:
-    at, elsewhere = brokers
-    code, verifier = browser_login.native_login(browser_login.Browser(at), oidc_provider)
-    exchanged = browser_login.exchange_code(at, code, verifier)
+    code, verifier = browser_login.native_login(browser_login.Browser(race.at), oidc_provider)
+    exchanged = browser_login.exchange_code(race.at, code, verifier)
     assert exchanged.status_code == 200, exchanged.text
     token = exchanged.json()["broker_session"]["token"]
     bearer = {"Authorization": f"Bearer {token}"}
@@ -187,47 +193,28 @@ def test_a_native_logout_during_a_recheck_sticks(
     def post(broker: LiveServer, path: str) -> requests.Response:
         return requests.post(f"{broker.url}{path}", headers=bearer, timeout=10)
 
-    clock.advance(RECHECK_DUE)
-    aws.recorder.reset()
-    refused = refresh_while(
-        gate,
-        pool,
-        lambda: post(at, "/v1/credentials"),
-        lambda: logged_out(post(elsewhere, "/v1/logout")),
+    race.refresh_during(
+        lambda: post(race.at, "/v1/credentials"),
+        lambda: logged_out(post(race.elsewhere, "/v1/logout")),
     )
 
-    assert_ended(refused)
-    assert aws.recorder.requests() == []
-    assert stored_session(at, token) is None
-    assert_ended(post(at, "/v1/credentials"))
-    assert_ended(post(elsewhere, "/v1/credentials"))
-    assert aws.recorder.requests() == []
+    assert stored_session(race.at, token) is None
+    race.assert_ended(post(race.at, "/v1/credentials"), post(race.elsewhere, "/v1/credentials"))
 
 
 def test_a_revocation_during_a_recheck_sticks(
-    brokers: tuple[LiveServer, LiveServer],
-    gate: TokenEndpointGate,
-    pool: ThreadPoolExecutor,
-    oidc_provider: DevIdentityProvider,
-    clock: FakeClock,
-    aws: Any,
+    race: Race, oidc_provider: DevIdentityProvider
 ) -> None:
-    at, elsewhere = brokers
-    browser = browser_login.Browser(at)
+    browser = browser_login.Browser(race.at)
     assert browser.login(oidc_provider).status_code == 302
-    clock.advance(RECHECK_DUE)
-    aws.recorder.reset()
 
     def revoke() -> None:
         # A provider-wide revocation writes only its marker; the session's record stays.
-        revoke_provider(elsewhere.app.extensions["chime_broker"].broker, "okta")
+        revoke_provider(race.elsewhere.app.extensions["chime_broker"].broker, "okta")
 
-    refused = refresh_while(gate, pool, lambda: browser.api("POST", "/v1/credentials"), revoke)
+    race.refresh_during(lambda: browser.api("POST", "/v1/credentials"), revoke)
 
-    assert_ended(refused)
-    assert aws.recorder.requests() == []
-    assert_ended(browser.api("POST", "/v1/credentials"))
-    assert aws.recorder.requests() == []
+    race.assert_ended(browser.api("POST", "/v1/credentials"))
 
 
 def test_a_recheck_without_a_logout_still_rewrites_the_session(

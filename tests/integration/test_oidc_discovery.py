@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import requests
 
 from identity.config.document import BrokerConfig
@@ -33,9 +34,11 @@ SPA_HOME = f"{SPA}/app/"
 COOKIE = "chime_broker_session"
 
 
-def oidc_config(
-    make_config: MakeConfig, url: str, idps: dict[str, tuple[DevIdentityProvider, str]]
-) -> BrokerConfig:
+# Per provider name: its IdP and the issuer the broker is configured with.
+Idps = dict[str, tuple[DevIdentityProvider, str]]
+
+
+def oidc_config(make_config: MakeConfig, url: str, idps: Idps) -> BrokerConfig:
     """The broker at ``url`` with one ``oidc`` provider per entry: its IdP and the issuer
     the broker is configured with."""
     for name, (idp, _) in idps.items():
@@ -63,6 +66,14 @@ def oidc_config(
     )
 
 
+@pytest.fixture
+def broker_for(
+    live_broker: Callable[..., LiveServer], make_config: MakeConfig, clock: FakeClock
+) -> Callable[[Idps], LiveServer]:
+    """``broker_for(idps)``: a live broker with one ``oidc`` provider per entry."""
+    return lambda idps: live_broker(lambda url: oidc_config(make_config, url, idps), clock=clock)
+
+
 def mobile_sign_in(
     broker: LiveServer, provider: str, idp: DevIdentityProvider
 ) -> requests.Response:
@@ -81,16 +92,12 @@ def browser_sign_in(browser: Browser, provider: str, idp: DevIdentityProvider) -
 
 
 def test_each_provider_reads_its_discovery_document_once(
-    live_broker: Callable[..., LiveServer],
-    aws: Any,
-    oidc_provider: DevIdentityProvider,
-    make_config: MakeConfig,
-    clock: FakeClock,
+    broker_for: Callable[[Idps], LiveServer], aws: Any, oidc_provider: DevIdentityProvider
 ) -> None:
     with DevIdentityProvider() as other:
         other.add_user(ALICE_SUB, name="Alice Elsewhere")
         idps = {"okta": (oidc_provider, oidc_provider.issuer), "other": (other, other.issuer)}
-        server = live_broker(lambda url: oidc_config(make_config, url, idps), clock=clock)
+        server = broker_for(idps)
         # Nothing is read before a sign-in needs it.
         assert (oidc_provider.discovery_fetches, other.discovery_fetches) == (0, 0)
 
@@ -119,16 +126,12 @@ def test_each_provider_reads_its_discovery_document_once(
 
 
 def test_a_discovery_document_naming_another_issuer_is_refused_on_both_paths(
-    live_broker: Callable[..., LiveServer],
-    aws: Any,
-    oidc_provider: DevIdentityProvider,
-    make_config: MakeConfig,
-    clock: FakeClock,
+    broker_for: Callable[[Idps], LiveServer], aws: Any, oidc_provider: DevIdentityProvider
 ) -> None:
     # The same server under another name: its document names 127.0.0.1, not localhost.
     pinned = f"http://localhost:{oidc_provider.port}"
     idps = {"okta": (oidc_provider, pinned)}
-    server = live_broker(lambda url: oidc_config(make_config, url, idps), clock=clock)
+    server = broker_for(idps)
     browser = Browser(server)
 
     refused = browser.get(f"{server.url}/v1/login/okta")
@@ -150,14 +153,10 @@ def test_a_discovery_document_naming_another_issuer_is_refused_on_both_paths(
 
 
 def test_sign_ins_starting_together_share_one_discovery_fetch(
-    live_broker: Callable[..., LiveServer],
-    aws: Any,
-    oidc_provider: DevIdentityProvider,
-    make_config: MakeConfig,
-    clock: FakeClock,
+    broker_for: Callable[[Idps], LiveServer], aws: Any, oidc_provider: DevIdentityProvider
 ) -> None:
     idps = {"okta": (oidc_provider, oidc_provider.issuer)}
-    server = live_broker(lambda url: oidc_config(make_config, url, idps), clock=clock)
+    server = broker_for(idps)
     browsers = [Browser(server) for _ in range(8)]
     start = threading.Barrier(len(browsers))
 

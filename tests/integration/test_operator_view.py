@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +19,10 @@ from flask.testing import FlaskClient
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from identity.session_admin import revoke_user
-from service.logs import JsonFormatter, redactor
 from service.metrics import metrics_table
 from tests.fixtures.apps import MakeApp
 from tests.fixtures.configs import provider_dict
+from tests.fixtures.logs import log_lines
 from tests.fixtures.moto_server import AwsWorld
 from tests.fixtures.serve import corp_config, launch, vend_as_ada
 
@@ -35,24 +33,8 @@ CLIENT_ID = "mobile-app"
 LOG_KEYS = {"time", "level", "logger", "message", "request_id"}
 
 
-@pytest.fixture
-def broker_log() -> Iterator[io.StringIO]:
-    """Everything the broker logs, as the production handler writes it."""
-    buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(redactor())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield buffer
-    finally:
-        root.removeHandler(handler)
-
-
 def audit_records(buffer: io.StringIO) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
-    return [line for line in lines if line["logger"] == "chime_broker.audit"]
+    return [line for line in log_lines(buffer) if line["logger"] == "chime_broker.audit"]
 
 
 @pytest.fixture

@@ -271,7 +271,7 @@ class DynamoDbFaults:
 
 @pytest.fixture
 def dynamodb_faults(
-    aws: Any, dynamodb_store_url: str, monkeypatch: pytest.MonkeyPatch
+    aws: Any, dynamodb_store_url: str, monkeypatch: pytest.MonkeyPatch, instant_backoff: None
 ) -> Iterator[tuple[DynamoDbFaults, DynamoDbStore]]:
     """The proxy, and a store on a fresh table whose client reaches DynamoDB through it."""
     faults = DynamoDbFaults(aws.endpoint_url)

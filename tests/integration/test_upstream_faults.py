@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import socket
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,11 +21,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from identity.aws import MAX_ATTEMPTS, AwsClients
-from service.logs import JsonFormatter, redactor
 from tests.fixtures.apps import MakeApp, MakeConfig
 from tests.fixtures.configs import provider_dict
 from tests.fixtures.fault_proxy import Fault, FaultProxy
 from tests.fixtures.live_server import LiveServer
+from tests.fixtures.logs import log_lines
 from tests.fixtures.moto_server import AwsWorld
 
 CLIENT_ID = "mobile-app"
@@ -61,24 +60,9 @@ def providers(issuer: str) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.fixture
-def broker_log() -> Iterator[io.StringIO]:
-    """Everything the broker logs, as the production handler writes it."""
-    buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(redactor())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield buffer
-    finally:
-        root.removeHandler(handler)
-
-
 def log_records(buffer: io.StringIO) -> list[dict[str, Any]]:
     """Every line parsed as JSON; none may carry a traceback."""
-    records = [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+    records = log_lines(buffer)
     for record in records:
         assert "exception" not in record, record
         assert "Traceback" not in json.dumps(record), record
@@ -123,6 +107,10 @@ def assert_refused(response: Any, status: int, code: str) -> dict[str, Any]:
     return dict(body)
 
 
+def logged_by(buffer: io.StringIO, logger: str) -> list[dict[str, Any]]:
+    return [r for r in log_records(buffer) if r["logger"] == logger]
+
+
 def metrics_text(app: Flask) -> str:
     return app.test_client().get("/metrics").get_data(as_text=True)
 
@@ -163,7 +151,7 @@ def test_sts_failing_every_attempt_is_answered_after_the_standard_retries(
         assert "Retry-After" not in response.headers
     assert fault_aws.attempts("AssumeRole") == MAX_ATTEMPTS
     assert aws.recorder.calls("AssumeRole") == []
-    [failure] = [r for r in log_records(broker_log) if r["logger"] == "chime_broker.aws"]
+    [failure] = logged_by(broker_log, "chime_broker.aws")
     assert failure["level"] == "warning"
     assert (failure["operation"], failure["error_code"]) == ("AssumeRole", aws_code)
     assert failure["attempts"] == MAX_ATTEMPTS
@@ -194,7 +182,7 @@ def test_cognito_throttling_is_a_429_with_retry_after(
     assert int(response.headers["Retry-After"]) in range(1, 6)
     assert fault_aws.attempts("GetOpenIdTokenForDeveloperIdentity") == MAX_ATTEMPTS
     assert fault_aws.attempts("GetCredentialsForIdentity") == 0
-    [failure] = [r for r in log_records(broker_log) if r["logger"] == "chime_broker.aws"]
+    [failure] = logged_by(broker_log, "chime_broker.aws")
     assert failure["error_code"] == "TooManyRequestsException"
 
 
@@ -217,7 +205,7 @@ def test_a_hung_call_is_a_504_after_one_read_timeout_and_the_deadline(
     # One attempt: after a read timeout no whole attempt fits in the deadline.
     assert fault_aws.attempts("AssumeRole") == 1
     assert aws.recorder.calls("AssumeRole") == []
-    [failure] = [r for r in log_records(broker_log) if r["logger"] == "chime_broker.aws"]
+    [failure] = logged_by(broker_log, "chime_broker.aws")
     assert (failure["level"], failure["operation"]) == ("warning", "AssumeRole")
     assert failure["error_code"] == "DeadlineExceeded"
     assert 'code="timeout",operation="AssumeRole",upstream="aws"} 1.0' in metrics_text(app)
@@ -330,7 +318,7 @@ def test_an_unreachable_identity_provider_is_a_503_logged_at_warning(
     response = app.test_client().post("/v1/token", json={"provider": "corp", "id_token": token})
 
     assert_refused(response, 503, "upstream_unavailable")
-    warnings = [r for r in log_records(broker_log) if r["logger"] == "chime_broker.idp"]
+    warnings = logged_by(broker_log, "chime_broker.idp")
     assert warnings, "no warning for the unreachable identity provider"
     assert {r["level"] for r in warnings} == {"warning"}
     assert warnings[0]["operation"] == "discovery"
@@ -365,7 +353,7 @@ def test_an_identity_provider_that_hangs_is_a_504_after_one_read_timeout(
     response = app.test_client().post("/v1/token", json={"provider": "corp", "id_token": token})
 
     assert_refused(response, 504, "upstream_timeout")
-    [warning] = [r for r in log_records(broker_log) if r["logger"] == "chime_broker.idp"]
+    [warning] = logged_by(broker_log, "chime_broker.idp")
     assert (warning["level"], warning["operation"]) == ("warning", "discovery")
     assert warning["error_code"] == "ReadTimeout"
     assert (
