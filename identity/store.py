@@ -237,6 +237,13 @@ _SQLITE_UPSERT = (
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
 )
 # The conflict branch only replaces an expired row; RETURNING yields a row iff we wrote.
+_SQLITE_UPDATE_LIVE = (
+    "UPDATE broker_state SET value = ?, expires_at = ? WHERE key = ? AND expires_at > ?"
+)
+_SQLITE_UPDATE_LIVE_SAME = (
+    "UPDATE broker_state SET value = ?, expires_at = ? "
+    "WHERE key = ? AND value = ? AND expires_at > ?"
+)
 _SQLITE_INSERT_IF_ABSENT = _SQLITE_UPSERT + " WHERE broker_state.expires_at <= ? RETURNING 1"
 # Seconds a writer waits for the write lock held by another connection or process.
 SQLITE_BUSY_TIMEOUT = 5.0
@@ -394,30 +401,29 @@ class SqliteStore:
         return won
 
     def replace(self, key: str, value: bytes, ttl: float) -> bool:
-        _check_value(value)
-        _check_ttl(ttl)
-        with self._connection() as conn:
-            now = time.time()
-            replaced = conn.execute(
-                "UPDATE broker_state SET value = ?, expires_at = ? "
-                "WHERE key = ? AND expires_at > ?",
-                (value, now + ttl, key, now),
-            ).rowcount
-            self._wrote(conn)
-        return replaced == 1
+        return self._update_live(key, value, ttl)
 
     def compare_and_set(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
+        return self._update_live(key, value, ttl, expected=expected)
+
+    def _update_live(
+        self, key: str, value: bytes, ttl: float, *, expected: bytes | None = None
+    ) -> bool:
+        """Overwrite ``key`` while it is live (and, given ``expected``, holds exactly it);
+        True when written."""
         _check_value(value)
         _check_ttl(ttl)
         with self._connection() as conn:
             now = time.time()
-            swapped = conn.execute(
-                "UPDATE broker_state SET value = ?, expires_at = ? "
-                "WHERE key = ? AND value = ? AND expires_at > ?",
-                (value, now + ttl, key, expected, now),
-            ).rowcount
+            if expected is None:
+                cursor = conn.execute(_SQLITE_UPDATE_LIVE, (value, now + ttl, key, now))
+            else:
+                cursor = conn.execute(
+                    _SQLITE_UPDATE_LIVE_SAME, (value, now + ttl, key, expected, now)
+                )
+            updated = cursor.rowcount
             self._wrote(conn)
-        return swapped == 1
+        return bool(updated == 1)
 
     def get_and_delete(self, key: str) -> bytes | None:
         with self._connection() as conn:
