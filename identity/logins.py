@@ -152,6 +152,16 @@ class SignInNotUsable(errors.InvalidRequest):
         self.reason: SignInProblem = reason
 
 
+class TransactionNotSpent(Exception):
+    """The store failed while spending a live transaction of this browser: the sign-in goes
+    back to the transaction's ``return_to`` with the store's error."""
+
+    def __init__(self, transaction: LoginTransaction, error: errors.StoreError) -> None:
+        super().__init__(str(error))
+        self.transaction = transaction
+        self.error = error
+
+
 class LoginTransactions:
     """Login transactions sealed for the browser's pre-login cookies, each spent at most
     once in the store's replay cache."""
@@ -239,7 +249,11 @@ class LoginTransactions:
                 log_detail="state expired",
             )
         # Only one of several answers with the same state (concurrent or replayed) gets it.
-        if not self._store.set_if_absent(self._spent_key(state), b"1", max(remaining, 1)):
+        try:
+            first = self._store.set_if_absent(self._spent_key(state), b"1", max(remaining, 1))
+        except errors.StoreError as error:
+            raise TransactionNotSpent(transaction, error) from error
+        if not first:
             raise SignInNotUsable(
                 "unknown, used or expired sign-in; start again",
                 reason="used",
@@ -538,7 +552,10 @@ class BrowserLogins:
         never survives a login.
         """
         redirect_provider = self._provider(provider)
-        transaction = self._take(provider, params.get("state"), in_flight)
+        try:
+            transaction = self._take(provider, params.get("state"), in_flight)
+        except TransactionNotSpent as failed:
+            return self._store_failed(provider, failed)
         try:
             login = redirect_provider.finish(
                 redirect_uri=self.redirect_uri(provider),
@@ -555,6 +572,8 @@ class BrowserLogins:
             )
         except errors.BrokerError as error:
             step = self._failed(provider, transaction.return_to, error)
+        except errors.StoreError as error:
+            step = self._failed(provider, transaction.return_to, _store_failed(error))
         return replace(step, pre_login=(self.transactions.spent(transaction.state),))
 
     def complete_saml(
@@ -582,7 +601,10 @@ class BrowserLogins:
         relay_state = form.get("RelayState")
         if not self.transactions.pending(relay_state, now=self._clock()):
             return self._idp_initiated(saml, form, previous_session)
-        transaction = self._take(provider, relay_state, in_flight)
+        try:
+            transaction = self._take(provider, relay_state, in_flight)
+        except TransactionNotSpent as failed:
+            return self._store_failed(provider, failed)
         try:
             saml_response = form.get("SAMLResponse")
             if not saml_response:
@@ -601,6 +623,8 @@ class BrowserLogins:
             )
         except errors.BrokerError as error:
             step = self._failed(provider, transaction.return_to, error)
+        except errors.StoreError as error:
+            step = self._failed(provider, transaction.return_to, _store_failed(error))
         return replace(step, pre_login=(self.transactions.spent(transaction.state),))
 
     def saml_provider(self, name: str) -> SamlProvider:
@@ -643,6 +667,10 @@ class BrowserLogins:
         return self.transactions.take(
             state, provider=provider, in_flight=in_flight, now=self._clock()
         )
+
+    def _store_failed(self, provider: str, failed: TransactionNotSpent) -> LoginStep:
+        step = self._failed(provider, failed.transaction.return_to, _store_failed(failed.error))
+        return replace(step, pre_login=(self.transactions.spent(failed.transaction.state),))
 
     def _signed_in(
         self,
@@ -738,3 +766,9 @@ class BrowserLogins:
             },
         )
         return LoginStep(redirect_to=with_query(return_to, error=error.code), error=error.code)
+
+
+def _store_failed(error: errors.StoreError) -> errors.StoreUnavailable:
+    """A store failure met once the transaction is known: the sign-in goes back to the app
+    like any other failure the person cannot fix, instead of ending on the 503 page."""
+    return errors.StoreUnavailable(log_detail=str(error))

@@ -40,8 +40,16 @@ from identity.store import (
 from service.errors import STORE_FAULT_LOG_INTERVAL
 from tests.fakes import FakeClock
 from tests.fixtures.apps import MakeApp
+from tests.fixtures.live_server import LiveServer
 from tests.fixtures.loopback import LoopbackServer
 from tests.fixtures.redis_server import RedisServer, start_redis_server, stop_process
+from tests.integration.test_browser_login import (
+    Browser,
+    assert_error_redirect,
+    is_pre_login,
+    set_cookies,
+)
+from tests.integration.test_browser_login import config_for as config_for
 from tests.integration.test_sessions import CLIENT_ID, corp, refresh, start
 
 FAULT_WARNING = "state store unavailable"
@@ -179,6 +187,38 @@ def test_redis_stopped_and_restarted_under_a_running_broker(
     again = start(client, oidc_provider)["broker_session"]["token"]
     assert refresh(client, again).status_code == 200
     assert_no_traceback(store_log)
+
+
+def test_a_browser_sign_in_meeting_a_failed_store_goes_back_to_the_app(
+    own_redis: RestartableRedis,
+    live_broker: Callable[..., LiveServer],
+    aws: Any,
+    oidc_provider: Any,
+    clock: FakeClock,
+    config_for: Callable[..., Any],
+    store_log: pytest.LogCaptureFixture,
+) -> None:
+    server = live_broker(
+        lambda url: config_for(url, {"okta": oidc_provider}), store=own_redis.store(), clock=clock
+    )
+    browser = Browser(server)
+    own_redis.stop()
+    # A login start touches no store: it works with the store down.
+    callback = browser.authorize(oidc_provider, browser.begin("okta"))
+
+    answer = browser.get(callback)
+    # The transaction is known (it is in the browser's cookie): back to the app with the
+    # error, its cookie removed, no session, nothing sent to AWS, no traceback.
+    assert_error_redirect(answer, "upstream_unavailable")
+    assert [name for name, value in set_cookies(answer).items() if is_pre_login(name) and value]
+    assert not [c for c in browser.http.cookies if is_pre_login(c.name)]
+    assert aws.recorder.requests() == []
+    assert_no_traceback(store_log)
+
+    own_redis.restart()
+    signed_in = browser.login(oidc_provider)
+    assert signed_in.status_code == 302
+    assert browser.cookie() is not None
 
 
 def test_a_hung_redis_is_a_503_once_its_socket_timeout_passes(
