@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, g, request
 
 from identity import errors
-from identity.logins import SignInNotUsable, SignInProblem
+from identity.login_transactions import SignInNotUsable, SignInProblem
 from service.runtime import runtime
 
 bp = Blueprint("pages", __name__)

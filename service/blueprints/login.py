@@ -2,9 +2,9 @@
 identity provider (``GET /v1/login/{provider}``), the way back (``GET``/``POST
 /v1/callback/{provider}``) and who is signed in (``GET /v1/session``).
 
-Each login in flight lives in a pre-login cookie of its own (the sealed transaction,
-named ``{pre-login name}_{slot}``; see ``identity.logins``), so a start writes nothing to
-the store. ``SameSite=None; Secure`` because Apple's form_post and SAML's ACS come back as
+Each login in flight lives in a pre-login cookie of its own (the sealed transaction, named
+``{pre-login name}_{slot}``; see ``identity.login_transactions``), so a start writes nothing
+to the store. ``SameSite=None; Secure`` because Apple's form_post and SAML's ACS come back as
 cross-site POSTs, and ``__Host-`` so that no sibling site can plant one.
 """
 
@@ -19,7 +19,8 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response as BaseResponse
 
 from identity.errors import InvalidRequest
-from identity.logins import LOGIN_TTL, LoginStep, PreLoginCookie
+from identity.login_transactions import LOGIN_TTL, PreLoginCookie
+from identity.logins import LoginStep
 from identity.mapping import app_instance_user_arn
 from service.endpoints import API, CALLBACK, LOGIN
 from service.responses import rfc3339

@@ -20,7 +20,8 @@ import redis
 import requests
 
 from identity.config.document import BrokerConfig
-from identity.logins import MAX_LOGINS_IN_FLIGHT, MAX_RETURN_TO
+from identity.login_transactions import MAX_LOGINS_IN_FLIGHT
+from identity.logins import MAX_RETURN_TO
 from identity.store import MemoryStore
 from service.demo.dev_idp import DevIdentityProvider
 from tests.fakes import FakeClock

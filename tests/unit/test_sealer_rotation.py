@@ -10,7 +10,8 @@ import time
 import pytest
 
 from identity import errors
-from identity.logins import LoginTransaction, LoginTransactions, NativeCodes, NativeHandoff, s256
+from identity.login_transactions import LoginTransaction, LoginTransactions
+from identity.logins import NativeCodes, NativeHandoff, s256
 from identity.models import Principal
 from identity.sealing import Sealer
 from identity.store import MemoryStore
