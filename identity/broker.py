@@ -369,7 +369,7 @@ class Broker:
             user_id=user.user_id,
             exchange=provider_cfg.exchange,
             origin=origin,
-            role_arn=self._role_arn(provider_cfg),
+            role_arn=self.config.role_arn(provider_cfg),
             source_identity=role_session_name(user.user_id) if sts else None,
             tags=user.tags,
             credentials=credentials,
@@ -377,15 +377,6 @@ class Broker:
             now=self.clock(),
         )
         return credentials
-
-    def _role_arn(self, provider_cfg: ProviderBase) -> str | None:
-        """The role the credentials act as, where the broker knows it (a Cognito pool
-        without ``aws.cognito.role_arn`` picks its own)."""
-        aws = self.config.aws
-        if provider_cfg.exchange == "sts":
-            return provider_cfg.role_arn or (aws.sts.role_arn if aws.sts else None)
-        custom = provider_cfg.custom_role_arn if provider_cfg.exchange == "cognito" else None
-        return custom or (aws.cognito.role_arn if aws.cognito else None)
 
     def _recheck(
         self, session_token: str, record: SessionRecord, provider_cfg: ProviderBase, now: float
@@ -471,11 +462,7 @@ class Broker:
     def user_cache_key(self, provider_cfg: ProviderBase, user_id: str) -> str:
         """The credential cache key of ``user_id`` of ``provider_cfg`` (one per user and
         role, shared by the user's sessions)."""
-        role = (
-            getattr(provider_cfg, "role_arn", None)
-            or getattr(provider_cfg, "custom_role_arn", None)
-            or (self.config.aws.sts.role_arn if self.config.aws.sts else "")
-        )
+        role = self.config.role_arn(provider_cfg) or ""
         return self.credential_cache.key(
             provider=provider_cfg.name, user_id=user_id, role=f"{provider_cfg.exchange}:{role}"
         )

@@ -130,9 +130,11 @@ def _count_answer(operation: str, url: str, status: int, seconds: float) -> None
 
 
 def _fields(operation: str, url: str, seconds: float, error: str) -> dict[str, Any]:
+    parts = urlsplit(url)
     return {
         "operation": operation,
-        "host": urlsplit(url).netloc,
+        # Host and port only: a netloc may carry user:password@.
+        "host": f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname,
         "error_code": error,
         "seconds": round(seconds, 3),
     }

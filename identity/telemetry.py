@@ -5,7 +5,9 @@ The domain reports to :func:`current`, the telemetry of the request being served
 layer binds its metrics for the length of each request (as the log's request id is bound),
 so a process that serves several apps (tests) keeps each app's counts apart, and work done
 outside a request (start-up, the CLI) is counted nowhere. Every label value passed here is
-from a closed set; the sink bounds them again.
+from a closed set (the config's providers and exchange modes, the API's operations, the
+problem codes); the sink bounds again those a caller could widen (providers, identity-provider
+operations, outcomes, origins, codes).
 """
 
 from __future__ import annotations

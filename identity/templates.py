@@ -49,7 +49,9 @@ MUTABLE_CLAIMS: Final = frozenset(
         "cn",
         "eduPersonPrincipalName",
         "userPrincipalName",
+        "emailAddress",
         "urn:oid:0.9.2342.19200300.100.1.3",  # mail
+        "urn:oid:1.2.840.113549.1.9.1",  # emailAddress (PKCS #9; Keycloak's X500 email)
         "urn:oid:1.3.6.1.4.1.5923.1.1.1.6",  # eduPersonPrincipalName
         "urn:oid:2.16.840.1.113730.3.1.241",  # displayName
         "urn:oid:2.5.4.42",  # givenName
@@ -61,6 +63,10 @@ MUTABLE_CLAIMS: Final = frozenset(
         f"{_CLAIMS_URI}givenname",
         f"{_CLAIMS_URI}surname",
         "http://schemas.microsoft.com/identity/claims/displayname",
+        # AD FS's older claim URIs.
+        "http://schemas.xmlsoap.org/claims/EmailAddress",
+        "http://schemas.xmlsoap.org/claims/UPN",
+        "http://schemas.xmlsoap.org/claims/CommonName",
     }
 )
 """Claims a user (or an admin) can change, or that name a person rather than an account:

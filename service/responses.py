@@ -44,20 +44,10 @@ def credentials_body(grant: Grant) -> dict[str, Any]:
 
 
 def credentials_account(config: BrokerConfig, grant: Grant) -> str:
-    """The AWS account the credentials act in: that of the role vended into (the
-    provider's ``role_arn``/``custom_role_arn``, else the exchange's default role), else
-    that of the app instance."""
+    """The AWS account the credentials act in: that of the role vended into, else that of
+    the app instance."""
     provider = config.provider(grant.provider)
-    aws = config.aws
-    candidates = [
-        provider.role_arn if provider is not None else None,
-        provider.custom_role_arn if provider is not None else None,
-    ]
-    if provider is not None and provider.exchange == "sts" and aws.sts is not None:
-        candidates.append(aws.sts.role_arn)
-    if provider is not None and provider.exchange != "sts" and aws.cognito is not None:
-        candidates.append(aws.cognito.role_arn)
-    role_arn = next((arn for arn in candidates if arn), None)
+    role_arn = config.role_arn(provider) if provider is not None else None
     # arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE
     return (role_arn or grant.app_instance_arn).split(":")[4]
 

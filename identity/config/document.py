@@ -182,6 +182,14 @@ class BrokerConfig(Frozen):
         """The provider called ``name``, if configured."""
         return self._by_name.get(name)
 
+    def role_arn(self, provider: ProviderBase) -> str | None:
+        """The role ``provider``'s credentials act as, where the config names it: its own
+        ``role_arn`` (``exchange: sts``) or ``custom_role_arn`` (``exchange: cognito``),
+        else the exchange's default role; None when the identity pool picks it."""
+        if provider.exchange == "sts":
+            return provider.role_arn or (self.aws.sts.role_arn if self.aws.sts else None)
+        return provider.custom_role_arn or (self.aws.cognito.role_arn if self.aws.cognito else None)
+
     def report_problems(self, problems: Sequence[Problem]) -> list[str]:
         """``problems`` found after validation (building a provider, opening the store),
         formatted like the validation report, with the YAML lines of their keys; problems

@@ -272,8 +272,8 @@ class SamlServiceProvider:
         while no IdP metadata is held. The principal's ``issuer`` is the IdP's entity
         id, ``subject`` the NameID; ``claims`` hold ``name_id``, ``name_id_format``,
         ``session_index`` and every attribute by its ``attributes`` short name, by Name and
-        by FriendlyName (one value: a string; several or none: a list; a short name wins
-        over an equal Name, a Name over an equal FriendlyName); the
+        by FriendlyName (one value: a string; several or none: a list; a short name is
+        filled only from its attribute, a Name wins over an equal FriendlyName); the
         session ends at SessionNotOnOrAfter, else at the confirmation's NotOnOrAfter.
         """
         check_size(saml_response_b64)
@@ -602,12 +602,15 @@ def _claims(
     aliases: Mapping[str, str],
 ) -> dict[str, Any]:
     """Every attribute by its short name from ``aliases``, by Name and by FriendlyName (one
-    value: a string; several or none: a list; an alias wins, then a Name)."""
+    value: a string; several or none: a list; a Name wins over a FriendlyName). A short
+    name is filled only from its own attribute, never from a namesake."""
     claims: dict[str, Any] = {}
     aliased = {short: by_name[name] for short, name in aliases.items() if name in by_name}
     for attributes in (aliased, by_name, by_friendly_name):
         for key, values in attributes.items():
             if key in RESERVED_CLAIMS or key in claims:
+                continue
+            if key in aliases and attributes is not aliased:
                 continue
             texts = [text for text in map(_attribute_text, values) if text is not None]
             claims[key] = texts[0] if len(texts) == 1 else texts

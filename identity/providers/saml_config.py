@@ -62,6 +62,17 @@ class SamlConfig(ProviderBase):
                 )
             elif short in RESERVED_CLAIMS:
                 problems.append((("attributes", short), "is filled from the assertion's subject"))
+        reads_name_id = "name_id" in {f.split(".", 1)[0] for f in self.user_id_template.fields}
+        if self.name_id_format == "email" and reads_name_id and not self.allow_mutable_user_id:
+            problems.append(
+                (
+                    ("name_id_format",),
+                    "email makes the NameID an email address, which users or admins can "
+                    "change, and map.user_id reads {name_id}: ask for persistent, or build "
+                    "the user id from a stable attribute "
+                    "(or allow_mutable_user_id: true when nothing stable exists)",
+                )
+            )
         return problems
 
     def is_mutable_claim(self, claim: str) -> bool:

@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -24,7 +25,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from identity.store import open_store
+from identity.errors import InvalidToken
+from identity.models import Principal
+from identity.providers.id_token import SingleUseNonces
+from identity.store import MemoryStore, open_store
 from service.cli.config_file import APP_LOAD_ERROR
 from service.demo.dev_idp import DevIdentityProvider
 from tests.fixtures.apps import MakeApp
@@ -366,3 +370,16 @@ def test_without_require_nonce_a_token_may_be_exchanged_until_it_expires(
     assert first.status_code == second.status_code == 200
     sessions = {r.get_json()["broker_session"]["token"] for r in (first, second)}
     assert len(sessions) == 2
+
+
+def test_a_nonce_spent_at_one_provider_stays_usable_at_another() -> None:
+    nonces = SingleUseNonces(MemoryStore(), clock=lambda: 1_000.0)
+    expires = datetime.fromtimestamp(1_600, tz=UTC)
+
+    def principal(provider: str) -> Principal:
+        return Principal(provider, "https://op", "alice", {"nonce": "n"}, token_expires_at=expires)
+
+    nonces.spend(principal("corp"), leeway=30)
+    nonces.spend(principal("partner"), leeway=30)
+    with pytest.raises(InvalidToken):
+        nonces.spend(principal("corp"), leeway=30)

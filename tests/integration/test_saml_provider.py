@@ -371,6 +371,24 @@ def test_aliases_name_attributes_for_templates_and_a_transient_name_id_is_no_ide
     assert len(store) == 1, "only the first assertion was accepted"
 
 
+def test_an_alias_is_read_only_from_its_attribute_never_from_a_namesake(
+    idp: SamlIdp, store: MemoryStore
+) -> None:
+    sp = build_sp(
+        [saml_entry(idp_metadata_url=idp.metadata_url, attributes={"groups_": ENTRA_GROUPS})],
+        store,
+    )["corp"]
+    login = start_login(sp, idp)
+    # The aliased attribute is missing; others carry the short name as Name or FriendlyName.
+    attributes = (
+        SamlAttribute("groups_", ("by-name",)),
+        SamlAttribute("urn:oid:5", ("by-friendly-name",), "groups_"),
+    )
+    principal = finish(sp, login, answer(sp, idp, login, attributes=attributes))
+    assert "groups_" not in principal.claims
+    assert principal.claims["urn:oid:5"] == "by-friendly-name"
+
+
 # --------------------------------------------------------------------------- SP metadata
 
 

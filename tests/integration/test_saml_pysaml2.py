@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import base64
 import logging
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
@@ -236,7 +237,9 @@ def test_signed_authn_requests_verify_at_the_idp(
 def test_each_stable_name_id_format_signs_in_and_is_asked_for(
     name_id_format: str, start_corp: Callable[..., Corp], aws: Any, pysaml2_idp: Pysaml2Idp
 ) -> None:
-    corp = start_corp(name_id_format=name_id_format)
+    # An email-address NameID can change: read as the user id only when allowed outright.
+    allow = {"allow_mutable_user_id": True} if name_id_format == "email" else {}
+    corp = start_corp(name_id_format=name_id_format, **allow)
     url = corp.begin()
     asked = pysaml2_idp.read_authn_request(url).name_id_format
     assert asked is not None and asked.endswith(
@@ -419,6 +422,37 @@ def test_a_logout_request_that_does_not_verify_ends_nothing(
     assert refused.status_code == 401, refused.text
     assert refused.json()["code"] == "invalid_token"
     assert refused.json()["detail"] == reason
+    assert corp.api("GET", "/v1/session").status_code == 200
+
+
+def _naming_bob(message: Posted | str) -> Posted | str:
+    """``message`` with its NameID changed to bob and its signature kept."""
+    if isinstance(message, Posted):
+        xml = base64.b64decode(message.fields["SAMLRequest"]).replace(b">alice-0001<", b">bob<")
+        return Posted(
+            message.url, {**message.fields, "SAMLRequest": base64.b64encode(xml).decode()}
+        )
+    parts = urlsplit(message)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    inflated = zlib.decompress(base64.b64decode(query["SAMLRequest"]), -15)
+    deflater = zlib.compressobj(wbits=-15)
+    xml = inflated.replace(b">alice-0001<", b">bob<")
+    query["SAMLRequest"] = base64.b64encode(deflater.compress(xml) + deflater.flush()).decode()
+    return parts._replace(query=urlencode(query)).geturl()
+
+
+@pytest.mark.parametrize("binding", ["redirect", "post"])
+def test_a_logout_request_altered_after_signing_ends_nothing(
+    binding: str, start_corp: Callable[..., Corp], pysaml2_idp: Pysaml2Idp
+) -> None:
+    corp = slo_corp(start_corp)
+    signed_in(corp, name_id="bob")
+    _, message = pysaml2_idp.logout_request(
+        slo_url(corp), sp_entity_id(corp), name_id="alice-0001", binding=binding
+    )
+    refused = send_logout(corp, _naming_bob(message))
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["detail"] == "signature not accepted"
     assert corp.api("GET", "/v1/session").status_code == 200
 
 

@@ -54,7 +54,11 @@ def name_id_policy(server: LiveServer, idp: SamlIdp) -> str | None:
     [
         ({}, PERSISTENT),
         ({"name_id_format": "persistent"}, PERSISTENT),
-        ({"name_id_format": "email"}, "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"),
+        (
+            # An email-address NameID may be the user id only when allowed outright.
+            {"name_id_format": "email", "allow_mutable_user_id": True},
+            "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress",
+        ),
         (
             {"name_id_format": "unspecified"},
             "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified",
@@ -64,7 +68,7 @@ def name_id_policy(server: LiveServer, idp: SamlIdp) -> str | None:
     ids=["default", "persistent", "email", "unspecified", "transient"],
 )
 def test_the_sp_asks_for_the_configured_name_id_format(
-    setting: dict[str, str],
+    setting: dict[str, Any],
     urn: str,
     live_broker: Callable[..., LiveServer],
     aws: Any,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import queue
 import socket
 import sqlite3
 import stat
@@ -351,56 +352,57 @@ def test_incr_from_many_threads_counts_exactly(store: Store) -> None:
 # Workers run in spawned processes: each opens the store from the URL itself.
 
 
-def _worker(
-    operation: str, url: str, key: str, index: int, start: Any, env: dict[str, str]
-) -> tuple[int, Any]:
-    # The race's AWS settings: the process outlives the test that started it.
-    for name in [name for name in os.environ if name.startswith("AWS_")]:
-        del os.environ[name]
-    os.environ.update(env)
-    store = open_store(url)
+def _worker(operation: str, url: str, key: str, index: int, start: Any, results: Any) -> None:
     try:
-        start.wait(timeout=30)
-        if operation == "set_if_absent":
-            outcome: Any = store.set_if_absent(key, b"process-%d" % index, 30)
-        elif operation == "get_and_delete":
-            outcome = store.get_and_delete(key)
-        else:
-            outcome = [store.incr(key, 30) for _ in range(PROCESS_INCREMENTS)]
-    finally:
-        store.close()
-    return index, outcome
+        store = open_store(url)
+        try:
+            start.wait(timeout=30)
+            if operation == "set_if_absent":
+                outcome: Any = store.set_if_absent(key, b"process-%d" % index, 30)
+            elif operation == "get_and_delete":
+                outcome = store.get_and_delete(key)
+            else:
+                outcome = [store.incr(key, 30) for _ in range(PROCESS_INCREMENTS)]
+        finally:
+            store.close()
+        results.put((index, outcome))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which fails the test
+        results.put((index, e))
 
 
-RaceProcesses = Callable[[str, str, str], list[Any]]
-
-
-@pytest.fixture(scope="module")
-def race_processes() -> Iterator[RaceProcesses]:
-    """``race_processes(operation, url, key)``: one operation in PROCESSES spawned
-    processes released together; their outcomes in order. The processes serve every race
-    of the module (spawning them costs more than a race); each opens the store anew."""
+def race_processes(operation: str, url: str, key: str) -> list[Any]:
+    """Run one operation in PROCESSES spawned processes released together; their outcomes
+    in order. Fresh processes per race: one that hangs or dies cannot spoil the next."""
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Manager() as manager, ctx.Pool(PROCESSES) as pool:
-
-        def race(operation: str, url: str, key: str) -> list[Any]:
-            # A worker blocks at the barrier until all have arrived, so each takes one.
-            start = manager.Barrier(PROCESSES)
-            env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-            pending = [
-                pool.apply_async(_worker, (operation, url, key, i, start, env))
-                for i in range(PROCESSES)
-            ]
-            outcomes = dict(result.get(timeout=60) for result in pending)
-            return [outcomes[i] for i in range(PROCESSES)]
-
-        yield race
+    start = ctx.Barrier(PROCESSES)
+    results = ctx.Queue()
+    processes = [
+        ctx.Process(target=_worker, args=(operation, url, key, i, start, results))
+        for i in range(PROCESSES)
+    ]
+    for process in processes:
+        process.start()
+    outcomes: dict[int, Any] = {}
+    try:
+        for _ in processes:
+            index, outcome = results.get(timeout=60)
+            outcomes[index] = outcome
+    except queue.Empty:
+        pytest.fail(f"only {len(outcomes)} of {PROCESSES} processes reported")
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    errors = [o for o in outcomes.values() if isinstance(o, BaseException)]
+    assert not errors, errors
+    assert all(process.exitcode == 0 for process in processes)
+    return [outcomes[i] for i in range(PROCESSES)]
 
 
 @pytest.mark.slow
-def test_set_if_absent_race_between_processes_has_one_winner(
-    shared_store_url: str, race_processes: RaceProcesses
-) -> None:
+def test_set_if_absent_race_between_processes_has_one_winner(shared_store_url: str) -> None:
     won = race_processes("set_if_absent", shared_store_url, "claim")
     assert won.count(True) == 1
     store = open_store(shared_store_url)
@@ -411,9 +413,7 @@ def test_set_if_absent_race_between_processes_has_one_winner(
 
 
 @pytest.mark.slow
-def test_get_and_delete_race_between_processes_has_one_taker(
-    shared_store_url: str, race_processes: RaceProcesses
-) -> None:
+def test_get_and_delete_race_between_processes_has_one_taker(shared_store_url: str) -> None:
     store = open_store(shared_store_url)
     try:
         store.set("once", b"the-value", 30)
@@ -426,9 +426,7 @@ def test_get_and_delete_race_between_processes_has_one_taker(
 
 
 @pytest.mark.slow
-def test_incr_from_many_processes_counts_exactly(
-    shared_store_url: str, race_processes: RaceProcesses
-) -> None:
+def test_incr_from_many_processes_counts_exactly(shared_store_url: str) -> None:
     counts = race_processes("incr", shared_store_url, "total")
     seen = sorted(n for process_counts in counts for n in process_counts)
     assert seen == list(range(1, PROCESSES * PROCESS_INCREMENTS + 1))

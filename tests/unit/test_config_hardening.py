@@ -53,6 +53,8 @@ def test_a_user_id_reading_a_claim_users_can_change_is_refused(template: str, cl
         "mail",
         "urn:oid:0.9.2342.19200300.100.1.3",
         "urn:oid:1.3.6.1.4.1.5923.1.1.1.6",
+        "urn:oid:1.2.840.113549.1.9.1",
+        "emailAddress",
         "eduPersonPrincipalName",
         "userPrincipalName",
     ],
@@ -65,12 +67,29 @@ def test_a_saml_user_id_reading_the_mail_or_upn_attribute_is_refused(attribute: 
     ]
 
 
+def test_an_email_name_id_as_the_user_id_is_refused_unless_allowed() -> None:
+    email = with_user_id("corp-{name_id|sha256:24}", "saml", name_id_format="email")
+    assert refusals(email) == [
+        "providers[0].name_id_format: email makes the NameID an email address, which users or "
+        "admins can change, and map.user_id reads {name_id}: ask for persistent, or build the "
+        f"user id from a stable attribute {MUTABLE_HINT}"
+    ]
+    build_config(with_user_id("corp-{name_id|sha256:24}", "saml"))
+    build_config(with_user_id("corp-{uid}", "saml", name_id_format="email"))
+    build_config(
+        with_user_id("corp-{name_id}", "saml", name_id_format="email", allow_mutable_user_id=True)
+    )
+
+
 @pytest.mark.parametrize(
     "name",
     [
         "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/emailaddress",
         "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn",
+        "http://schemas.xmlsoap.org/claims/EmailAddress",
+        "http://schemas.xmlsoap.org/claims/UPN",
         "urn:oid:0.9.2342.19200300.100.1.3",
+        "urn:oid:1.2.840.113549.1.9.1",
     ],
 )
 def test_a_saml_alias_of_a_mail_or_upn_attribute_is_refused(name: str) -> None:
