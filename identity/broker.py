@@ -54,7 +54,9 @@ class Broker:
         self.store = store
         self.clock = clock
         self.sealer = sealer
-        self.sessions = SessionManager(store, sealer, clock=clock)
+        self.sessions = SessionManager(
+            store, sealer, session_lifetime=config.service.session_lifetime, clock=clock
+        )
         self.nonces = SingleUseNonces(store, clock)
         self.credential_cache = CredentialCache(
             store, sealer, clock=clock, enabled=config.service.cache_credentials
@@ -293,7 +295,7 @@ class Broker:
         re-checked with the IdP every ``service.recheck_interval`` (and whenever a
         ``cognito`` session's id token has run out); a refusal ends it.
         """
-        record = self.sessions.find(session_token)
+        record, prefetched = self.sessions.find_with(session_token, self._cache_keys)
         if record is None or session_token is None:
             raise errors.Unauthenticated("no broker session, or it has ended")
         provider_cfg = self.config.provider(record.provider)
@@ -327,8 +329,17 @@ class Broker:
             now=now,
             session_ends_at=record.expires_at,
             origin=record.origin,
+            prefetched=prefetched,
         )
         return self.grant(record.provider, user, credentials)
+
+    def _cache_keys(self, record: SessionRecord) -> list[str]:
+        """The credential cache entry a refresh of ``record`` reads, to be read together
+        with the session's revocation markers."""
+        provider_cfg = self.config.provider(record.provider)
+        if provider_cfg is None or not self.credential_cache.enabled:
+            return []
+        return [self.user_cache_key(provider_cfg, record.user_id)]
 
     def _cached_or_vended(
         self,
@@ -339,10 +350,11 @@ class Broker:
         now: float,
         session_ends_at: float,
         origin: str,
+        prefetched: Mapping[str, bytes | None] | None = None,
     ) -> VendedCredentials:
         """The user's cached credentials when they suit a session ending at
         ``session_ends_at``; else freshly vended ones, which then become the cached ones.
-        Either way counted and audited."""
+        Either way counted and audited. ``prefetched``: store values already read."""
         key = self.user_cache_key(provider_cfg, user.user_id)
         identity = (
             (principal.login_key or "", principal.subject)
@@ -350,7 +362,9 @@ class Broker:
             else ()
         )
         binding = self.credential_cache.binding(user.tags, identity)
-        credentials = self.credential_cache.get(key, binding=binding, not_after=session_ends_at)
+        credentials = self.credential_cache.get(
+            key, binding=binding, not_after=session_ends_at, prefetched=prefetched
+        )
         reused = credentials is not None
         if credentials is None:
             remaining = int(session_ends_at - now)

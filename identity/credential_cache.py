@@ -76,18 +76,31 @@ class CredentialCache:
         tag_text = json.dumps(sorted(tags.items()), separators=(",", ":"))
         return self._sealer.key_hash(tag_text, *identity)
 
-    def get(self, key: str, *, binding: str, not_after: float) -> VendedCredentials | None:
+    def get(
+        self,
+        key: str,
+        *,
+        binding: str,
+        not_after: float,
+        prefetched: Mapping[str, bytes | None] | None = None,
+    ) -> VendedCredentials | None:
         """The entry at ``key`` when it was vended for ``binding``, has 15 minutes left and
         expires no later than ``not_after`` (the end of the session that receives it).
+        ``prefetched`` may hold the stored value, read with others in one round trip.
         Counted as a hit or a miss while the cache is enabled."""
         if not self.enabled:
             return None
-        found = self._find(key, binding=binding, not_after=not_after)
+        if prefetched is not None and key in prefetched:
+            sealed = prefetched[key]
+        else:
+            sealed = self._store.get(key)
+        found = self._find(key, sealed, binding=binding, not_after=not_after)
         telemetry.current().cache_lookup("credentials", found is not None)
         return found
 
-    def _find(self, key: str, *, binding: str, not_after: float) -> VendedCredentials | None:
-        sealed = self._store.get(key)
+    def _find(
+        self, key: str, sealed: bytes | None, *, binding: str, not_after: float
+    ) -> VendedCredentials | None:
         if sealed is None:
             return None
         entry = read_record(_CACHED, self._sealer.open(sealed, context=key))

@@ -5,7 +5,9 @@ The table has the partition key ``pk`` (S) and no sort key; DynamoDB's TTL delet
 by ``expires_at`` (integer epoch seconds, rounded up). TTL deletion runs late, so every
 operation also compares the exact expiry ``exp`` with the clock: an expired item is
 absent. A value lives in ``v`` (B); a counter that :meth:`DynamoDbStore.incr` has touched
-lives in ``n`` (N), so increments are one atomic ``ADD``. :func:`create_table` creates
+lives in ``n`` (N), so increments are one atomic ``ADD``. A member map is one item with an
+attribute ``m_MEMBER`` (B) per member, so adding a member is one ``SET`` of one attribute;
+with the record written beside it, one ``TransactWriteItems``. :func:`create_table` creates
 the table as the broker expects it (``chime-broker store init``).
 
 The region comes from the broker config; the endpoint and credentials from the SDK's own
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import re
 import threading
 import time
@@ -29,7 +32,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from identity.errors import StoreError
-from identity.store_values import check_ttl, check_value, counter_value
+from identity.store_values import check_member, check_ttl, check_value, counter_value
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb.client import DynamoDBClient
@@ -41,13 +44,23 @@ TTL_ATTRIBUTE = "expires_at"
 _VALUE = "v"
 _COUNTER = "n"
 _EXPIRY = "exp"
+_MEMBER_PREFIX = "m_"
 
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 _BATCH_GET_LIMIT = 100
+# Members one UpdateItem removes: keeps its expression well under DynamoDB's 4 KB.
+_REMOVE_LIMIT = 100
 # Rounds of BatchGetItem for the keys DynamoDB left unprocessed (throttling, 16 MB cap).
 _BATCH_GET_ROUNDS = 8
 # Attempts of the incr protocol; each lost race means another caller made progress.
 _INCR_ATTEMPTS = 64
+# Attempts of set_and_add_member: DynamoDB cancels a transaction that meets another one
+# writing the same map item (TransactionConflict) or is throttled, and the SDK does not
+# retry those; "None" is the reason given for the items that were not at fault.
+_TRANSACT_ATTEMPTS = 8
+_TRANSIENT_CANCELLATIONS = frozenset(
+    {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "None"}
+)
 # A failing table answers 503 within about MAX_ATTEMPTS * (connect + read) seconds.
 CONNECT_TIMEOUT = 1.0
 READ_TIMEOUT = 2.0
@@ -250,6 +263,141 @@ class DynamoDbStore:
     def delete(self, key: str) -> None:
         with self._errors("DeleteItem") as dynamodb:
             dynamodb.delete_item(TableName=self._table, Key={PARTITION_KEY: {"S": key}})
+
+    def set_and_add_member(
+        self,
+        key: str,
+        value: bytes,
+        ttl: float,
+        map_key: str,
+        member: str,
+        member_value: bytes,
+        map_ttl: float,
+    ) -> None:
+        check_value(value)
+        check_ttl(ttl)
+        check_member(member)
+        check_value(member_value)
+        check_ttl(map_ttl)
+        with self._errors("TransactWriteItems") as dynamodb:
+            for attempt in range(_TRANSACT_ATTEMPTS):
+                reasons = self._set_and_add_member_once(
+                    dynamodb, key, value, ttl, map_key, member, member_value, map_ttl
+                )
+                if not reasons:
+                    return
+                if "ConditionalCheckFailed" in reasons:
+                    self._drop_expired_map(dynamodb, map_key)
+                elif set(reasons) <= _TRANSIENT_CANCELLATIONS:
+                    time.sleep(random.uniform(0, min(0.02 * 2**attempt, 0.5)))  # noqa: S311
+                else:
+                    raise StoreError(
+                        f"dynamodb store {self._table}: TransactWriteItems cancelled: {reasons}"
+                    )
+        raise StoreError(
+            f"dynamodb store {self._table}: adding to map {map_key!r} lost "
+            f"{_TRANSACT_ATTEMPTS} races in a row"
+        )
+
+    def _set_and_add_member_once(
+        self,
+        dynamodb: DynamoDBClient,
+        key: str,
+        value: bytes,
+        ttl: float,
+        map_key: str,
+        member: str,
+        member_value: bytes,
+        map_ttl: float,
+    ) -> list[str]:
+        """One TransactWriteItems; the cancellation reasons' codes, [] when it went through.
+
+        The map's update is conditional on the map being live or absent: an expired item
+        that DynamoDB's TTL has not deleted yet still holds its old members."""
+        now = self._clock()
+        map_expires = now + map_ttl
+        try:
+            dynamodb.transact_write_items(
+                TransactItems=[
+                    {"Put": {"TableName": self._table, "Item": self._item(key, value, now + ttl)}},
+                    {
+                        "Update": {
+                            "TableName": self._table,
+                            "Key": {PARTITION_KEY: {"S": map_key}},
+                            "UpdateExpression": "SET #m = :m, #exp = :exp, #ttl = :ttl",
+                            "ConditionExpression": "attribute_not_exists(#pk) OR #exp > :now",
+                            "ExpressionAttributeNames": {
+                                "#m": _MEMBER_PREFIX + member,
+                                "#pk": PARTITION_KEY,
+                                "#exp": _EXPIRY,
+                                "#ttl": TTL_ATTRIBUTE,
+                            },
+                            "ExpressionAttributeValues": {
+                                ":m": {"B": member_value},
+                                ":exp": {"N": _number(map_expires)},
+                                ":ttl": {"N": str(math.ceil(map_expires))},
+                                ":now": {"N": _number(now)},
+                            },
+                        }
+                    },
+                ]
+            )
+        except ClientError as e:
+            if _error_code(e) != "TransactionCanceledException":
+                raise
+            reasons = cast("list[Mapping[str, Any]]", e.response.get("CancellationReasons", []))
+            codes = [str(reason.get("Code", "")) for reason in reasons]
+            return codes or ["unknown"]
+        return []
+
+    def _drop_expired_map(self, dynamodb: DynamoDBClient, map_key: str) -> None:
+        """Delete the map item at ``map_key`` if it has expired (and not been renewed)."""
+        try:
+            dynamodb.delete_item(
+                TableName=self._table,
+                Key={PARTITION_KEY: {"S": map_key}},
+                ConditionExpression="#exp <= :now",
+                ExpressionAttributeNames={"#exp": _EXPIRY},
+                ExpressionAttributeValues={":now": {"N": _number(self._clock())}},
+            )
+        except ClientError as e:
+            if _error_code(e) != "ConditionalCheckFailedException":
+                raise
+
+    def members(self, map_key: str) -> dict[str, bytes]:
+        with self._errors("GetItem") as dynamodb:
+            found = dynamodb.get_item(
+                TableName=self._table, Key={PARTITION_KEY: {"S": map_key}}, ConsistentRead=True
+            )
+        item = found.get("Item")
+        if not item or _EXPIRY not in item or float(item[_EXPIRY]["N"]) <= self._clock():
+            return {}
+        return {
+            name.removeprefix(_MEMBER_PREFIX): bytes(attribute["B"])
+            for name, attribute in item.items()
+            if name.startswith(_MEMBER_PREFIX)
+        }
+
+    def remove_members(self, map_key: str, members: Sequence[str]) -> None:
+        for member in members:
+            check_member(member)
+        wanted = list(dict.fromkeys(members))
+        with self._errors("UpdateItem") as dynamodb:
+            for start in range(0, len(wanted), _REMOVE_LIMIT):
+                chunk = wanted[start : start + _REMOVE_LIMIT]
+                names = {f"#m{i}": _MEMBER_PREFIX + member for i, member in enumerate(chunk)}
+                try:
+                    dynamodb.update_item(
+                        TableName=self._table,
+                        Key={PARTITION_KEY: {"S": map_key}},
+                        UpdateExpression="REMOVE " + ", ".join(names),
+                        # Without it, an update of an absent map would create an item.
+                        ConditionExpression="attribute_exists(#pk)",
+                        ExpressionAttributeNames={**names, "#pk": PARTITION_KEY},
+                    )
+                except ClientError as e:
+                    if _error_code(e) != "ConditionalCheckFailedException":
+                        raise
 
     def incr(self, key: str, ttl: float) -> int:
         check_ttl(ttl)

@@ -10,8 +10,14 @@ marker lives as long as a session can (``service.session_lifetime``): after that
 session it covers has expired anyway.
 
 The per-user index lists the hashes, creation and expiry times of a user's sessions so that
-they can be counted and ended without scanning the store. It is updated when a session is
-created or ended; entries past their expiry are dropped whenever it is read.
+they can be counted and ended without scanning the store. It is a member map per user and
+period of ``service.session_lifetime`` (a live session began in this period or the one
+before), with one sealed entry per session, written together with the session record in
+one round trip (:meth:`~identity.store.Store.set_and_add_member`): nothing is read, brokers
+creating sessions of one user at once all land, and no map outgrows one lifetime's
+sessions. Ending a session removes its entry; entries past their expiry are dropped
+whenever the index is read. Sessions that older brokers listed in one sealed list per user
+(``sessions-of:``) are read, and removed from it, as well.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 from pydantic import TypeAdapter
 
@@ -35,12 +41,16 @@ _PROVIDER_MARKER = "revoked:provider:"
 _ALL_MARKER = "revoked:all"
 _UPSTREAM_SESSION_MARKER = "revoked:upstream-session:"
 _UPSTREAM_SUBJECT_MARKER = "revoked:upstream-subject:"
+# A distinct prefix: a Redis hash never sits at a key an older broker writes strings to.
+_INDEX_MAP = "session-index:"
+# The list older brokers kept per user (read-modify-written with compare-and-set).
 _INDEX = "sessions-of:"
-# Compare-and-set rounds an index update may take when other brokers update it at once;
-# past them the update is dropped (the index only counts and lists sessions: the markers,
-# not the index, end them).
+# Compare-and-set rounds an update of such a list may take when other brokers update it at
+# once; past them the update is dropped (the index only counts and lists sessions: the
+# markers, not the index, end them).
 _INDEX_TRIES = 40
-# An index left with no sessions lives on this long, so that a racing add still finds it.
+# A list left with no sessions lives on this long, so that an older broker's racing add
+# still finds it.
 _EMPTY_INDEX_TTL = 60.0
 
 
@@ -61,6 +71,22 @@ class SessionIndexRecord(StoredRecord):
 
 
 _INDEX_RECORD: Final = TypeAdapter(SessionIndexRecord)
+_INDEXED_SESSION: Final = TypeAdapter(IndexedSession)
+
+
+class IndexEntry(NamedTuple):
+    """A new session's entry in its user's index: member ``member`` of the map at
+    ``map_key``, sealed, and how long that map must live to outlast the session."""
+
+    map_key: str
+    member: str
+    value: bytes
+    map_ttl: float
+
+
+def _member_context(map_key: str, member: str) -> str:
+    # Binds an entry to its map and member: copied under another session it does not open.
+    return f"{map_key}/{member}"
 
 
 def _marker_time(raw: bytes | None) -> float | None:
@@ -71,6 +97,12 @@ def _marker_time(raw: bytes | None) -> float | None:
     except (UnicodeDecodeError, ValueError):
         return None
     return value if math.isfinite(value) else None
+
+
+def newest_marker(values: Sequence[bytes | None]) -> float | None:
+    """The newest revocation time among the markers read (absent ones are None)."""
+    times = [t for t in map(_marker_time, values) if t is not None]
+    return max(times) if times else None
 
 
 class Revocations:
@@ -104,13 +136,26 @@ class Revocations:
     ) -> float | None:
         """The newest revocation time covering ``user_id`` of ``provider`` (or, when given,
         the provider's own session ``upstream_session_id`` or ``subject``), or None."""
+        keys = self.marker_keys(
+            provider, user_id, upstream_session_id=upstream_session_id, subject=subject
+        )
+        return newest_marker(self._store.get_many(keys))
+
+    def marker_keys(
+        self,
+        provider: str,
+        user_id: str,
+        *,
+        upstream_session_id: str | None = None,
+        subject: str | None = None,
+    ) -> list[str]:
+        """The keys of every marker that may cover such a session, for one ``get_many``."""
         keys = [*self._user_keys(provider, user_id), *self._provider_keys(provider), _ALL_MARKER]
         if upstream_session_id is not None:
             keys += self._upstream_keys(_UPSTREAM_SESSION_MARKER, provider, upstream_session_id)
         if subject is not None:
             keys += self._upstream_keys(_UPSTREAM_SUBJECT_MARKER, provider, subject)
-        times = [t for t in map(_marker_time, self._store.get_many(keys)) if t is not None]
-        return max(times) if times else None
+        return keys
 
     def covers(
         self,
@@ -159,75 +204,129 @@ class Revocations:
 
 
 class SessionIndex:
-    """Per user: which sessions exist, without the tokens."""
+    """Per user: which sessions exist, without the tokens.
 
-    def __init__(self, store: Store, sealer: Sealer, *, clock: Callable[[], float]) -> None:
+    ``session_lifetime`` is the longest a session lives (``service.session_lifetime``):
+    each new entry keeps the user's map alive at least that long.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        sealer: Sealer,
+        *,
+        clock: Callable[[], float],
+        session_lifetime: float,
+    ) -> None:
         self._store = store
         self._sealer = sealer
         self._clock = clock
+        self._session_lifetime = session_lifetime
 
-    def _key(self, provider: str, user_id: str) -> str:
-        return _INDEX + self._sealer.key_hash("sessions-of", provider, user_id)
+    def _bucket(self, at: float) -> int:
+        return math.floor(at / self._session_lifetime)
 
-    def live(self, provider: str, user_id: str) -> list[IndexedSession]:
-        """The user's sessions that have not expired, oldest first (also those listed
-        before a rotation of ``service.secret_key``, under an older key)."""
-        now = self._clock()
-        found: dict[str, IndexedSession] = {}
-        for key in self._keys(provider, user_id):
-            for entry in self._read(key, now):
-                found.setdefault(entry.session_hash, entry)
-        return sorted(found.values(), key=lambda s: s.created_at)
+    def _map_key(self, user_hash: str, bucket: int) -> str:
+        return f"{_INDEX_MAP}{user_hash}:{bucket}"
+
+    def _map_keys(self, provider: str, user_id: str) -> list[str]:
+        """The maps that may list a live session: a session lives at most
+        ``session_lifetime``, so it was created in this period or the one before."""
+        current = self._bucket(self._clock())
+        hashes = self._sealer.key_hashes("sessions-of", provider, user_id)
+        return [self._map_key(h, b) for h in hashes for b in (current, current - 1)]
 
     def _keys(self, provider: str, user_id: str) -> list[str]:
         return [_INDEX + h for h in self._sealer.key_hashes("sessions-of", provider, user_id)]
 
-    def add(
-        self, provider: str, user_id: str, session_hash: str, created_at: float, expires_at: float
-    ) -> None:
-        entry = IndexedSession(
-            session_hash=session_hash, created_at=created_at, expires_at=expires_at
+    def entry(
+        self,
+        provider: str,
+        user_id: str,
+        session_hash: str,
+        created_at: float,
+        expires_at: float,
+        ttl: float,
+    ) -> IndexEntry:
+        """The entry listing a new session that lives ``ttl`` more seconds, for the caller
+        to write with the session itself (:meth:`~identity.store.Store.set_and_add_member`)."""
+        # One map per period of ``session_lifetime``: a map holds the sessions started in
+        # one period, and its life ends one lifetime after its last session began, so a
+        # user who signs in again and again never grows one map past a lifetime's worth.
+        map_key = self._map_key(
+            self._sealer.key_hash("sessions-of", provider, user_id), self._bucket(created_at)
         )
-        self._update(
-            self._key(provider, user_id),
-            lambda entries: [*(s for s in entries if s.session_hash != session_hash), entry],
+        body = _INDEXED_SESSION.dump_json(
+            IndexedSession(session_hash=session_hash, created_at=created_at, expires_at=expires_at)
         )
+        sealed = self._sealer.seal(body, context=_member_context(map_key, session_hash))
+        return IndexEntry(map_key, session_hash, sealed, max(self._session_lifetime, ttl))
+
+    def live(self, provider: str, user_id: str) -> list[IndexedSession]:
+        """The user's sessions that have not expired, oldest first (also those listed
+        before a rotation of ``service.secret_key``, under an older key, and those in an
+        older broker's list). Expired entries found on the way are removed."""
+        now = self._clock()
+        found: dict[str, IndexedSession] = {}
+        for map_key in self._map_keys(provider, user_id):
+            expired: list[str] = []
+            for member, value in self._store.members(map_key).items():
+                opened = self._sealer.open(value, context=_member_context(map_key, member))
+                entry = read_record(_INDEXED_SESSION, opened)
+                if entry is None or entry.session_hash != member:
+                    continue
+                if entry.expires_at <= now:
+                    expired.append(member)
+                else:
+                    found.setdefault(member, entry)
+            if expired:
+                self._store.remove_members(map_key, expired)
+        legacy = self._keys(provider, user_id)
+        for key, sealed in zip(legacy, self._store.get_many(legacy), strict=True):
+            for entry in self._entries(key, sealed, now):
+                found.setdefault(entry.session_hash, entry)
+        return sorted(found.values(), key=lambda s: s.created_at)
 
     def remove(self, provider: str, user_id: str, session_hashes: Sequence[str]) -> None:
         gone = set(session_hashes)
-        for key in self._keys(provider, user_id):
-            self._update(key, lambda entries: [s for s in entries if s.session_hash not in gone])
+        for map_key in self._map_keys(provider, user_id):
+            self._store.remove_members(map_key, sorted(gone))
+        legacy = self._keys(provider, user_id)
+        for key, sealed in zip(legacy, self._store.get_many(legacy), strict=True):
+            if sealed is not None:
+                self._update(
+                    key, sealed, lambda entries: [s for s in entries if s.session_hash not in gone]
+                )
 
     def _update(
-        self, key: str, change: Callable[[list[IndexedSession]], list[IndexedSession]]
+        self,
+        key: str,
+        sealed: bytes | None,
+        change: Callable[[list[IndexedSession]], list[IndexedSession]],
     ) -> None:
-        # Read, change, and write back only over what was read (compare-and-set): two
-        # brokers adding sessions of one user at once both land, in two round trips each.
+        """Change an older broker's list, starting from ``sealed`` as read: write back only
+        over what was read (compare-and-set), so that the older broker's racing adds land."""
         for _ in range(_INDEX_TRIES):
+            if sealed is None:
+                return
             now = self._clock()
-            sealed = self._store.get(key)
             entries = self._entries(key, sealed, now)
             changed = change(entries)
-            if changed == entries and sealed is not None:
+            if changed == entries:
                 return
             body = _INDEX_RECORD.dump_json(SessionIndexRecord(sessions=tuple(changed)))
             ttl = max((s.expires_at for s in changed), default=now + _EMPTY_INDEX_TTL) - now
             if ttl <= 0:
                 return
             new = self._sealer.seal(body, context=key)
-            if sealed is None:
-                if self._store.set_if_absent(key, new, ttl):
-                    return
-            elif self._store.compare_and_set(key, sealed, new, ttl):
+            if self._store.compare_and_set(key, sealed, new, ttl):
                 return
+            sealed = self._store.get(key)
         log.warning("session index of a user changed under %d tries; left as is", _INDEX_TRIES)
 
     def clear(self, provider: str, user_id: str) -> None:
-        for key in self._keys(provider, user_id):
+        for key in [*self._map_keys(provider, user_id), *self._keys(provider, user_id)]:
             self._store.delete(key)
-
-    def _read(self, key: str, now: float) -> list[IndexedSession]:
-        return self._entries(key, self._store.get(key), now)
 
     def _entries(self, key: str, sealed: bytes | None, now: float) -> list[IndexedSession]:
         if sealed is None:

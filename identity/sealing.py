@@ -21,6 +21,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 _VERSION = b"\x01"
 _NONCE_BYTES = 12
+# Store-key hashes remembered per Sealer (a worker's users, markers and cache entries); the
+# memory is emptied when full, so it stays bounded whatever the traffic.
+_REMEMBERED_HASHES = 8192
 
 
 class Sealer:
@@ -36,6 +39,7 @@ class Sealer:
         materials = [key.encode() for key in keys]
         self._aeads = [AESGCM(_derive(m, b"chime-broker/seal/v1")) for m in materials]
         self._mac_keys = [_derive(m, b"chime-broker/store-key/v1") for m in materials]
+        self._hashes: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def seal(self, plaintext: bytes, *, context: str) -> bytes:
         nonce = os.urandom(_NONCE_BYTES)
@@ -61,8 +65,14 @@ class Sealer:
 
     def key_hashes(self, *parts: str) -> list[str]:
         """``key_hash`` of ``parts`` under each secret, newest first."""
-        message = "\x1f".join(parts).encode()
-        return [hmac.new(k, message, hashlib.sha256).hexdigest() for k in self._mac_keys]
+        found = self._hashes.get(parts)
+        if found is None:
+            message = "\x1f".join(parts).encode()
+            found = tuple(hmac.new(k, message, hashlib.sha256).hexdigest() for k in self._mac_keys)
+            if len(self._hashes) >= _REMEMBERED_HASHES:
+                self._hashes.clear()
+            self._hashes[parts] = found
+        return list(found)
 
 
 def _derive(material: bytes, info: bytes) -> bytes:

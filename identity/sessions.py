@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 from pydantic import Field, TypeAdapter
 
 from identity import audit, telemetry
 from identity.records import StoredRecord, read_record
-from identity.revocation import Revocations, SessionIndex
+from identity.revocation import Revocations, SessionIndex, newest_marker
 from identity.sealing import Sealer, token_hash
 from identity.store import Store
 
@@ -73,40 +73,88 @@ class SessionManager:
     """Creates, finds, updates and ends sessions in the store."""
 
     def __init__(
-        self, store: Store, sealer: Sealer, *, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        sealer: Sealer,
+        *,
+        session_lifetime: float,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``session_lifetime`` is ``service.session_lifetime``, the longest a session lives."""
         self._store = store
         self._sealer = sealer
         self._clock = clock
         self.revocations = Revocations(store, sealer)
-        self.index = SessionIndex(store, sealer, clock=clock)
+        self.index = SessionIndex(store, sealer, clock=clock, session_lifetime=session_lifetime)
 
     def create(self, record: SessionRecord) -> str:
-        """Store ``record`` under a new random token and return the token."""
+        """Store ``record`` under a new random token, listed in its user's index, in one
+        write to the store; return the token."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         key = token_hash(token)
-        self._write(key, record)
-        self.index.add(record.provider, record.user_id, key, record.created_at, record.expires_at)
+        ttl = record.expires_at - self._clock()
+        if ttl <= 0:
+            return token
+        sealed = self._sealer.seal(_SESSION.dump_json(record), context=_KEY_PREFIX + key)
+        entry = self.index.entry(
+            record.provider, record.user_id, key, record.created_at, record.expires_at, ttl
+        )
+        self._store.set_and_add_member(
+            _KEY_PREFIX + key,
+            sealed,
+            ttl,
+            entry.map_key,
+            member=entry.member,
+            member_value=entry.value,
+            map_ttl=entry.map_ttl,
+        )
         return token
 
     def find(self, token: str | None) -> SessionRecord | None:
         """The live session for ``token``, or None (unknown, malformed, ended, expired, or
         stored as a record this version does not read)."""
+        return self.find_with(token)[0]
+
+    def find_with(
+        self, token: str | None, more_keys: Callable[[SessionRecord], Sequence[str]] | None = None
+    ) -> tuple[SessionRecord | None, dict[str, bytes | None]]:
+        """``find``; and, read in the same round trip as the revocation markers, the values
+        at ``more_keys(record)``: keys the caller needs next (e.g. the user's cached
+        credentials), so that a refresh costs two reads of the store, not three."""
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 128:
-            return None
-        return self.find_by_hash(token_hash(token))
+            return None, {}
+        return self._live(token_hash(token), more_keys)
 
     def find_by_hash(self, session_hash: str) -> SessionRecord | None:
         """The live session stored under ``session_hash`` (a token's hash, as the per-user
         index lists it), or None."""
-        sealed = self._store.get(_KEY_PREFIX + session_hash)
-        if sealed is None:
-            return None
+        return self._live(session_hash, None)[0]
+
+    def _live(
+        self, session_hash: str, more_keys: Callable[[SessionRecord], Sequence[str]] | None
+    ) -> tuple[SessionRecord | None, dict[str, bytes | None]]:
         context = _KEY_PREFIX + session_hash
+        sealed = self._store.get(context)
+        if sealed is None:
+            return None, {}
         record = read_record(_SESSION, self._sealer.open(sealed, context=context))
-        if record is None or record.expires_at <= self._clock() or self._revoked(record):
-            return None
-        return record
+        if record is None or record.expires_at <= self._clock():
+            return None, {}
+        markers = self._marker_keys(record)
+        more = list(more_keys(record)) if more_keys is not None else []
+        values = self._store.get_many([*markers, *more])
+        revoked = newest_marker(values[: len(markers)])
+        if revoked is not None and record.created_at <= revoked:
+            return None, {}
+        return record, dict(zip(more, values[len(markers) :], strict=True))
+
+    def _marker_keys(self, record: SessionRecord) -> list[str]:
+        return self.revocations.marker_keys(
+            record.provider,
+            record.user_id,
+            upstream_session_id=record.upstream_session_id,
+            subject=record.subject,
+        )
 
     def update(self, token: str, record: SessionRecord) -> bool:
         """Rewrite the live session of ``token`` as ``record``; False, writing nothing, when
@@ -154,10 +202,3 @@ class SessionManager:
         if record is not None:
             _audit_end(record, "revocation")
         return record
-
-    def _write(self, key: str, record: SessionRecord) -> None:
-        ttl = record.expires_at - self._clock()
-        if ttl <= 0:
-            return
-        body = _SESSION.dump_json(record)
-        self._store.set(_KEY_PREFIX + key, self._sealer.seal(body, context=_KEY_PREFIX + key), ttl)

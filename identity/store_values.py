@@ -1,4 +1,4 @@
-"""What every store backend checks the same way: TTLs, values and counters."""
+"""What every store backend checks the same way: TTLs, values, counters and map members."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import re
 
 from identity.errors import StoreError
 
-__all__ = ["check_ttl", "check_value", "counter_value"]
+__all__ = ["check_member", "check_ttl", "check_value", "counter_value"]
 
 _INTEGER = re.compile(rb"-?[0-9]{1,19}")
+# Hex or base64url: safe in every backend's field names (DynamoDB attribute names included).
+_MEMBER = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def check_ttl(ttl: float) -> None:
@@ -24,6 +26,12 @@ def check_value(value: bytes) -> None:
     """Raise TypeError unless ``value`` is bytes."""
     if not isinstance(value, bytes):
         raise TypeError(f"store values are bytes, got {type(value).__name__}")
+
+
+def check_member(member: str) -> None:
+    """Raise ValueError unless ``member`` is 1 to 128 letters, digits, ``_`` or ``-``."""
+    if not isinstance(member, str) or _MEMBER.fullmatch(member) is None:
+        raise ValueError(f"a map member is 1 to 128 of [A-Za-z0-9_-], got {member!r}")
 
 
 def counter_value(key: str, value: bytes) -> int:

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -169,6 +169,17 @@ class RequestMetrics:
         self.sessions_started = self._counter(SESSIONS_STARTED)
         self.sessions_ended = self._counter(SESSIONS_ENDED)
         self.logins_refused = self._counter(LOGINS_REFUSED)
+        # Each labelled child, once found: ``labels()`` builds and checks its key on every
+        # call, and the label values come from closed sets.
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def child(self, metric: Counter | Histogram, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once per worker."""
+        key = (metric, *values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def _counter(self, spec: MetricSpec) -> Counter:
         return Counter(spec.name, spec.help, spec.labels, registry=self.registry)
@@ -183,25 +194,25 @@ class RequestMetrics:
     ) -> None:
         if upstream == "idp":
             operation = _bounded(operation, IDP_OPERATIONS)
-        self.upstream_latency.labels(upstream, operation).observe(seconds)
+        self.child(self.upstream_latency, upstream, operation).observe(seconds)
         if error is not None:
-            self.upstream_errors.labels(upstream, operation, error).inc()
+            self.child(self.upstream_errors, upstream, operation, error).inc()
 
     def vend(self, provider: str, exchange: str, outcome: str) -> None:
         outcome = outcome if outcome in VEND_OUTCOMES else _bounded(outcome, ERROR_CODES)
-        self.vends.labels(_bounded(provider, self.providers), exchange, outcome).inc()
+        self.child(self.vends, _bounded(provider, self.providers), exchange, outcome).inc()
 
     def cache_lookup(self, cache: telemetry.Cache, hit: bool) -> None:
-        self.cache_lookups.labels(cache, "hit" if hit else "miss").inc()
+        self.child(self.cache_lookups, cache, "hit" if hit else "miss").inc()
 
     def session_started(self, origin: str) -> None:
-        self.sessions_started.labels(_bounded(origin, ORIGINS)).inc()
+        self.child(self.sessions_started, _bounded(origin, ORIGINS)).inc()
 
     def session_ended(self, origin: str) -> None:
-        self.sessions_ended.labels(_bounded(origin, ORIGINS)).inc()
+        self.child(self.sessions_ended, _bounded(origin, ORIGINS)).inc()
 
     def login_refused(self, code: str) -> None:
-        self.logins_refused.labels(_bounded(code, ERROR_CODES)).inc()
+        self.child(self.logins_refused, _bounded(code, ERROR_CODES)).inc()
 
     # -- exposition ------------------------------------------------------------------------
 
@@ -216,14 +227,6 @@ class RequestMetrics:
         return Response(body, content_type=CONTENT_TYPE_LATEST)
 
 
-def route_label() -> str:
-    return request.url_rule.rule if request.url_rule else UNMATCHED_ROUTE
-
-
-def method_label() -> str:
-    return request.method if request.method in METHODS else OTHER
-
-
 def init_app(app: Flask, *, providers: Collection[str] = ()) -> RequestMetrics:
     metrics = RequestMetrics(providers)
 
@@ -234,13 +237,17 @@ def init_app(app: Flask, *, providers: Collection[str] = ()) -> RequestMetrics:
 
     @app.after_request
     def observe(response: Response) -> Response:
-        started = g.get("request_started")
-        route, method = route_label(), method_label()
-        metrics.requests.labels(route, method, str(response.status_code)).inc()
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        context = g._get_current_object()
+        started = getattr(context, "request_started", None)
+        rule = req.url_rule
+        route = rule.rule if rule else UNMATCHED_ROUTE
+        method = req.method if req.method in METHODS else OTHER
+        metrics.child(metrics.requests, route, method, str(response.status_code)).inc()
         if started is not None:
-            metrics.latency.labels(route, method).observe(time.perf_counter() - started)
-        code = g.get("problem_code")
-        if code is not None and request.endpoint in LOGIN_ENDPOINTS:
+            metrics.child(metrics.latency, route, method).observe(time.perf_counter() - started)
+        code = getattr(context, "problem_code", None)
+        if code is not None and req.endpoint in LOGIN_ENDPOINTS:
             metrics.login_refused(code)
         return response
 

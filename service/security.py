@@ -108,10 +108,11 @@ def init_app(app: Flask, config: BrokerConfig) -> None:
 
     @app.before_request
     def assign_request_id() -> None:
-        incoming = request.headers.get("X-Request-Id", "")
+        incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
         request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        g.request_id = request_id
-        g.request_id_token = request_id_var.set(request_id)
+        context = g._get_current_object()
+        context.request_id = request_id
+        context.request_id_token = request_id_var.set(request_id)
 
     @app.before_request
     def cors_preflight() -> Response | None:
@@ -148,17 +149,18 @@ def init_app(app: Flask, config: BrokerConfig) -> None:
                 headers.add(name, value)
         if strict_transport:
             headers["Strict-Transport-Security"] = HSTS
-        if request.path.startswith(_CORS_PREFIX):
+        environ = request.environ
+        if environ.get("PATH_INFO", "").startswith(_CORS_PREFIX):
             if "vary" in present:
                 response.vary.add("Origin")
             else:
                 headers.add("Vary", "Origin")
-            origin = request.headers.get("Origin")
+            origin = environ.get("HTTP_ORIGIN")
             if origin is not None and origin in allowed:
                 headers["Access-Control-Allow-Origin"] = origin
                 headers["Access-Control-Allow-Credentials"] = "true"
                 headers["Access-Control-Expose-Headers"] = CORS_EXPOSED
-        request_id = g.get("request_id")
+        request_id = getattr(g._get_current_object(), "request_id", None)
         if request_id:
             headers["X-Request-Id"] = request_id
         return response

@@ -29,6 +29,7 @@ from identity.errors import StoreError
 from identity.store import MemoryStore, Store, validate_store_url
 from identity.store import open_store as _open_store
 from service.demo.aws_world import REGION
+from tests.fixtures.moto_server import AwsWorld
 
 THREADS = 16
 PROCESSES = 4
@@ -284,6 +285,128 @@ def test_incr_on_a_non_integer_raises_store_error(store: Store) -> None:
     assert store.get("name") == b"ada"
 
 
+# --------------------------------------------------------------------------- member maps
+
+
+def _add(store: Store, n: int, member: str, value: bytes, map_ttl: float = 30) -> None:
+    """Write record ``rec-n`` and put ``member`` into the map ``map``."""
+    store.set_and_add_member(f"rec-{n}", b"record-%d" % n, 30, "map", member, value, map_ttl)
+
+
+def test_members_of_an_absent_map_are_none(store: Store) -> None:
+    assert store.members("never-written") == {}
+    store.remove_members("never-written", ["a"])
+    store.delete("never-written")
+    assert store.members("never-written") == {}
+
+
+def test_set_and_add_member_writes_the_record_and_the_member(store: Store) -> None:
+    _add(store, 1, "a1", b"first")
+    _add(store, 2, "b2", b"second")
+    assert store.get("rec-1") == b"record-1"
+    assert store.get("rec-2") == b"record-2"
+    assert store.members("map") == {"a1": b"first", "b2": b"second"}
+    assert store.members("other-map") == {}
+
+
+def test_adding_a_member_again_overwrites_its_value(store: Store) -> None:
+    _add(store, 1, "a", b"old")
+    _add(store, 2, "b", b"kept")
+    _add(store, 3, "a", b"new")
+    assert store.members("map") == {"a": b"new", "b": b"kept"}
+
+
+def test_the_record_is_written_exactly_as_set_writes_it(store: Store) -> None:
+    store.set("rec", b"overwritten", 30)
+    store.set_and_add_member("rec", b"fresh", SHORT_TTL, "map", "m", b"x", 30)
+    assert store.get("rec") == b"fresh"
+    assert store.get_many(["rec"]) == [b"fresh"]
+    assert store.replace("rec", b"replaced", SHORT_TTL)
+    store.set_and_add_member("gone", b"v", SHORT_TTL, "map", "n", b"y", 30)
+    time.sleep(PAST_SHORT_TTL)
+    assert store.get("rec") is None
+    assert store.get_and_delete("gone") is None
+    assert store.members("map") == {"m": b"x", "n": b"y"}
+    assert store.set_if_absent("rec", b"claimed", 30)
+
+
+def test_member_values_round_trip_as_bytes(store: Store) -> None:
+    every_byte = bytes(range(256))
+    large = os.urandom(32 * 1024)
+    store.set_and_add_member("r1", every_byte, 30, "map", "all", every_byte[::-1], 30)
+    store.set_and_add_member("r2", b"", 30, "map", "empty", b"", 30)
+    store.set_and_add_member("r3", b"x", 30, "map", "large", large, 30)
+    store.set_and_add_member("r4", b"x", 30, "map", "A-z_09" * 20, b"\x00", 30)
+    assert store.get("r1") == every_byte
+    assert store.get("r2") == b""
+    assert store.members("map") == {
+        "all": every_byte[::-1],
+        "empty": b"",
+        "large": large,
+        "A-z_09" * 20: b"\x00",
+    }
+
+
+def test_the_map_expires_map_ttl_after_the_last_add(store: Store) -> None:
+    _add(store, 1, "early", b"1", map_ttl=SHORT_TTL)
+    time.sleep(SHORT_TTL / 2)
+    # a later add moves the whole map's expiry
+    _add(store, 2, "late", b"2", map_ttl=SHORT_TTL)
+    time.sleep(SHORT_TTL / 2 + 0.05)
+    assert store.members("map") == {"early": b"1", "late": b"2"}
+    time.sleep(PAST_SHORT_TTL)
+    assert store.members("map") == {}
+    # an add to an expired map starts an empty one
+    _add(store, 3, "after", b"3")
+    assert store.members("map") == {"after": b"3"}
+    assert store.get("rec-3") == b"record-3"
+
+
+def test_remove_members_leaves_the_others(store: Store) -> None:
+    for n, member in enumerate(["a", "b", "c", "d"]):
+        _add(store, n, member, member.encode())
+    store.remove_members("map", ["b", "d", "never-added"])
+    assert store.members("map") == {"a": b"a", "c": b"c"}
+    store.remove_members("map", [])
+    store.remove_members("map", ["a", "c"])
+    assert store.members("map") == {}
+    _add(store, 9, "e", b"e")
+    assert store.members("map") == {"e": b"e"}
+
+
+def test_delete_removes_a_map(store: Store) -> None:
+    _add(store, 1, "a", b"a")
+    _add(store, 2, "b", b"b")
+    store.delete("map")
+    assert store.members("map") == {}
+    assert store.get("rec-1") == b"record-1"
+    _add(store, 3, "c", b"c")
+    assert store.members("map") == {"c": b"c"}
+
+
+@pytest.mark.parametrize("member", ["", "has space", "dot.ted", "slash/", "x" * 129, "é"])
+def test_members_outside_the_safe_alphabet_are_refused(store: Store, member: str) -> None:
+    with pytest.raises(ValueError, match="member"):
+        store.set_and_add_member("rec", b"v", 30, "map", member, b"x", 30)
+    with pytest.raises(ValueError, match="member"):
+        store.remove_members("map", [member])
+    assert store.get("rec") is None
+    assert store.members("map") == {}
+
+
+def test_set_and_add_member_validates_like_set(store: Store) -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        store.set_and_add_member("rec", b"v", 0, "map", "m", b"x", 30)
+    with pytest.raises(ValueError, match="ttl"):
+        store.set_and_add_member("rec", b"v", 30, "map", "m", b"x", math.nan)
+    with pytest.raises(TypeError):
+        store.set_and_add_member("rec", "text", 30, "map", "m", b"x", 30)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        store.set_and_add_member("rec", b"v", 30, "map", "m", "text", 30)  # type: ignore[arg-type]
+    assert store.get("rec") is None
+    assert store.members("map") == {}
+
+
 # --------------------------------------------------------------------------- thread races
 
 
@@ -346,6 +469,19 @@ def test_incr_from_many_threads_counts_exactly(store: Store) -> None:
     seen = sorted(n for thread_counts in counts for n in thread_counts)
     assert seen == list(range(1, THREADS * per_thread + 1))
     assert store.get("total") == str(THREADS * per_thread).encode()
+
+
+def test_adds_of_different_members_racing_on_one_map_all_land(store: Store) -> None:
+    def add(index: int) -> None:
+        store.set_and_add_member(
+            f"session-{index}", b"record-%d" % index, 30, "index", f"s{index}", b"%d" % index, 30
+        )
+
+    _race_threads(add)
+    assert store.members("index") == {f"s{i}": b"%d" % i for i in range(THREADS)}
+    assert store.get_many([f"session-{i}" for i in range(THREADS)]) == [
+        b"record-%d" % i for i in range(THREADS)
+    ]
 
 
 # --------------------------------------------------------------------------- process races
@@ -494,6 +630,35 @@ def test_sqlite_purges_expired_rows(tmp_path: Path) -> None:
         store.close()
 
 
+def test_sqlite_purges_expired_maps_and_their_members(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = open_store(_sqlite_url(path))
+    try:
+        for i in range(300):
+            store.set_and_add_member(f"old-{i}", b"x", 0.05, f"map-{i % 3}", f"m{i}", b"x", 0.05)
+        time.sleep(0.1)
+        for i in range(300):
+            store.set(f"new-{i}", b"x", 30)
+        with sqlite3.connect(path) as raw:
+            (maps,) = raw.execute("SELECT count(*) FROM broker_maps").fetchone()
+            (members,) = raw.execute("SELECT count(*) FROM broker_members").fetchone()
+        assert (maps, members) == (0, 0)
+    finally:
+        store.close()
+
+
+def test_sqlite_delete_clears_the_members_of_a_map(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = open_store(_sqlite_url(path))
+    try:
+        store.set_and_add_member("rec", b"x", 30, "map", "a", b"1", 30)
+        store.delete("map")
+        with sqlite3.connect(path) as raw:
+            assert raw.execute("SELECT count(*) FROM broker_members").fetchone() == (0,)
+    finally:
+        store.close()
+
+
 def _open_files(path: Path) -> int:
     """How many descriptors of this process point at ``path`` (Linux /proc)."""
     fds = Path("/proc/self/fd")
@@ -571,6 +736,21 @@ def test_redis_keys_carry_the_broker_prefix(redis_url: str) -> None:
         store.close()
 
 
+def test_redis_map_is_a_prefixed_hash_with_a_ttl(redis_url: str) -> None:
+    store = open_store(redis_url)
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        store.set_and_add_member("session:1", b"v", 30, "index:u", "s1", b"e1", 60)
+        assert sorted(raw.keys("*")) == [b"chime-broker:index:u", b"chime-broker:session:1"]
+        assert raw.type("chime-broker:index:u") == b"hash"
+        assert raw.hgetall("chime-broker:index:u") == {b"s1": b"e1"}
+        assert 30_000 < raw.pttl("chime-broker:index:u") <= 60_000
+        assert 0 < raw.pttl("chime-broker:session:1") <= 30_000
+    finally:
+        raw.close()
+        store.close()
+
+
 def test_unreachable_redis_raises_store_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -582,6 +762,55 @@ def test_unreachable_redis_raises_store_error() -> None:
             store.ping()
         with pytest.raises(StoreError):
             store.get("k")
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- dynamodb
+
+
+def test_dynamodb_map_is_one_item_written_with_the_record_in_one_transaction(
+    dynamodb_store_url: str, aws: AwsWorld
+) -> None:
+    store = open_store(dynamodb_store_url)
+    table = dynamodb_store_url.removeprefix("dynamodb://")
+    raw = aws.client("dynamodb")
+    try:
+        aws.recorder.reset()
+        store.set_and_add_member("session:1", b"v", 30, "index:u", "s1", b"e1", 60)
+        assert aws.recorder.operations() == ["TransactWriteItems"]
+        (call,) = aws.recorder.calls("TransactWriteItems")
+        put, update = call["TransactItems"]
+        assert put["Put"]["Item"]["pk"] == {"S": "session:1"}
+        assert update["Update"]["Key"] == {"pk": {"S": "index:u"}}
+        assert update["Update"]["UpdateExpression"] == "SET #m = :m, #exp = :exp, #ttl = :ttl"
+        item = raw.get_item(TableName=table, Key={"pk": {"S": "index:u"}})["Item"]
+        assert item["m_s1"] == {"B": b"e1"}
+        assert time.time() + 30 < float(item["exp"]["N"]) <= int(item["expires_at"]["N"])
+    finally:
+        store.close()
+
+
+def test_dynamodb_map_expired_but_not_yet_deleted_is_empty(
+    dynamodb_store_url: str, aws: AwsWorld
+) -> None:
+    store = open_store(dynamodb_store_url)
+    table = dynamodb_store_url.removeprefix("dynamodb://")
+    past = time.time() - 60
+    aws.client("dynamodb").put_item(
+        TableName=table,
+        Item={
+            "pk": {"S": "index:u"},
+            "m_old": {"B": b"stale"},
+            "exp": {"N": repr(past)},
+            "expires_at": {"N": str(math.ceil(past))},
+        },
+    )
+    try:
+        assert store.members("index:u") == {}
+        store.set_and_add_member("session:2", b"v", 30, "index:u", "new", b"fresh", 60)
+        assert store.members("index:u") == {"new": b"fresh"}
+        assert store.get("session:2") == b"v"
     finally:
         store.close()
 

@@ -29,14 +29,9 @@ from flask.testing import FlaskClient
 from identity import dynamodb_store
 from identity.dynamodb_store import DynamoDbStore
 from identity.errors import STORE_RETRY_AFTER, StoreError
-from identity.store import (
-    REDIS_CONNECT_TIMEOUT,
-    REDIS_SOCKET_TIMEOUT,
-    RedisStore,
-    SqliteStore,
-    Store,
-    open_store,
-)
+from identity.redis_store import REDIS_CONNECT_TIMEOUT, REDIS_SOCKET_TIMEOUT, RedisStore
+from identity.sqlite_store import SqliteStore
+from identity.store import Store, open_store
 from service.errors import STORE_FAULT_LOG_INTERVAL
 from tests.fakes import FakeClock
 from tests.fixtures.apps import MakeApp
