@@ -20,21 +20,14 @@ def _child_exit(_server: Any, worker: Any) -> None:
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
-# Requests a keep-alive connection may have served in a row before the worker turns to the
-# others.
-_REQUESTS_BETWEEN_YIELDS = 4
-
-
-def _yield_to_other_connections(_worker: Any, req: Any, _environ: Any, _resp: Any) -> None:
+def _yield_to_other_connections(_worker: Any, _req: Any, _environ: Any, _resp: Any) -> None:
     # A request that does no network I/O (a credential-cache hit) never yields to the gevent
-    # hub, and gunicorn then reads the next request on the same keep-alive connection: a
-    # client that pipelines would starve the others. Every few requests of a connection, the
-    # others get their turn (a switch to the hub and back costs tens of microseconds, a
-    # noticeable share of such a request).
-    if getattr(req, "req_number", 0) % _REQUESTS_BETWEEN_YIELDS == 0:
-        import gevent
+    # hub, and gunicorn then reads the next request on the same keep-alive connection: one
+    # busy connection would starve the others. Yield once per request (yielding only every
+    # few requests saves a little CPU, but lets p99 latency grow several times).
+    import gevent
 
-        gevent.sleep(0)
+    gevent.sleep(0)
 
 
 class BrokerLogger(Logger):  # type: ignore[misc]

@@ -54,6 +54,8 @@ SERVICE: Final = "cognito-identity"
 COGNITO_LOGIN_KEY: Final = "cognito-identity.amazonaws.com"
 IDENTITY_ID_TTL: Final = 30 * 24 * 3600
 _CACHE_PREFIX: Final = "vend:cognito-identity:"
+# Identity ids a worker keeps in memory; emptied when full.
+_KNOWN_IDENTITIES: Final = 16384
 _IDENTITY_GONE: Final = "ResourceNotFoundException"
 
 
@@ -99,21 +101,38 @@ class _CognitoCalls:
         self._pool = _cognito(config, mode).identity_pool_id
         self._clients = clients
         self._store = store
+        # Identity ids this worker has read or resolved, by cache key (bounded).
+        self._known: dict[str, str] = {}
 
     def _cached_identity(self, key: str) -> str | None:
-        cached = read_record(_CACHED_IDENTITY, self._store.get(key))
-        telemetry.current().cache_lookup("identity_id", cached is not None)
-        return cached.identity_id if cached is not None else None
+        # An identity id never changes for its key; one this worker has seen needs no read
+        # of the store. One that Cognito has since deleted fails its call, and is forgotten
+        # here and in the store (``_forget_identity``).
+        known = self._known.get(key)
+        if known is None:
+            cached = read_record(_CACHED_IDENTITY, self._store.get(key))
+            if cached is not None:
+                known = self._learn(key, cached.identity_id)
+        telemetry.current().cache_lookup("identity_id", known is not None)
+        return known
+
+    def _learn(self, key: str, identity_id: str) -> str:
+        if len(self._known) >= _KNOWN_IDENTITIES:
+            self._known.clear()
+        self._known[key] = identity_id
+        return identity_id
 
     def _remember_identity(self, key: str, identity_id: str) -> None:
         record = _CACHED_IDENTITY.dump_json(CachedIdentity(identity_id=identity_id))
         self._store.set(key, record, IDENTITY_ID_TTL)
+        self._learn(key, identity_id)
 
     def _forget_identity(self, key: str, identity_id: str, provider: str) -> None:
         log.warning(
             "cached Cognito identity no longer exists; resolving it again",
             extra={"fields": {"provider": provider, "identity_id": identity_id}},
         )
+        self._known.pop(key, None)
         self._store.delete(key)
 
     def _credentials(

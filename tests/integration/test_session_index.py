@@ -25,45 +25,10 @@ from identity.store import MemoryStore, Store, open_store
 from service.cli import main
 from tests.fixtures.apps import MakeApp, broker_config_dict
 from tests.fixtures.configs import SECRET_KEY
+from tests.fixtures.counting_store import CountingStore
 
 CLIENT = "index-app"
 LIFETIME = 3600
-
-
-class CountingStore:
-    """A real store; every call of a store operation is counted, then forwarded."""
-
-    OPERATIONS = frozenset(
-        {
-            "get",
-            "get_many",
-            "set",
-            "set_if_absent",
-            "replace",
-            "compare_and_set",
-            "get_and_delete",
-            "delete",
-            "incr",
-            "set_and_add_member",
-            "members",
-            "remove_members",
-        }
-    )
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.calls: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self.inner, name)
-        if name not in self.OPERATIONS:
-            return attribute
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append(name)
-            return attribute(*args, **kwargs)
-
-        return counted
 
 
 def config_dict(aws: Any, idp: Any, store_url: str) -> dict[str, Any]:

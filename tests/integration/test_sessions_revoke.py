@@ -17,6 +17,7 @@ from identity.store import MemoryStore, Store, open_store
 from identity.vending.sts import role_session_name
 from service.cli import main
 from tests.fixtures.apps import MakeApp, broker_config_dict
+from tests.fixtures.counting_store import CountingStore
 
 CORP_CLIENT = "mobile-app"
 DEV_CLIENT = "dev-app"
@@ -277,25 +278,6 @@ def test_get_many_reads_values_in_order_with_absent_ones_as_none(any_store: Stor
     time.sleep(0.01)
     assert any_store.get_many(["b", "missing", "a", "gone", "b"]) == [b"2", None, b"1", None, b"2"]
     assert any_store.get_many([]) == []
-
-
-class CountingStore:
-    """A real SQLite store that counts the calls made to it."""
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.calls: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self.inner, name)
-        if name in {"get", "get_many", "set", "set_if_absent", "get_and_delete", "delete", "incr"}:
-
-            def counted(*args: Any, **kwargs: Any) -> Any:
-                self.calls.append(name)
-                return attribute(*args, **kwargs)
-
-            return counted
-        return attribute
 
 
 def test_a_refresh_reads_the_store_twice_markers_and_cached_credentials_together(

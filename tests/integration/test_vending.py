@@ -37,6 +37,7 @@ from identity.vending.cognito import (
 from identity.vending.registry import build_vendors
 from identity.vending.sts import StsVendor, role_session_name
 from tests.fixtures.apps import MakeConfig
+from tests.fixtures.counting_store import CountingStore
 from tests.fixtures.moto_server import AwsWorld
 from tests.fixtures.recorder import sts_tags
 from tests.fixtures.records import UNREADABLE, spoil
@@ -254,6 +255,29 @@ def test_enhanced_flow_resolves_each_subject_once(
     ]
 
 
+def test_an_identity_id_a_worker_has_seen_is_not_read_from_the_store_again(
+    aws: AwsWorld, config: BrokerConfig, clients: AwsClients, store: Store
+) -> None:
+    counted = CountingStore(store)
+    key = identity_cache_key("cognito", aws.identity_pool_id, GOOGLE, "108234")
+    first_worker = CognitoEnhancedVendor(config, clients, counted)  # type: ignore[arg-type]
+    first = first_worker.vend(google_request(config, "108234", "token-1"))
+    again = first_worker.vend(google_request(config, "108234", "token-2"))
+    assert counted.keys.count(("get", key)) == 1  # the first vend's miss
+
+    # Another worker reads it once from the store, and sends it without calling GetId.
+    second_worker = CognitoEnhancedVendor(config, clients, counted)  # type: ignore[arg-type]
+    third = second_worker.vend(google_request(config, "108234", "token-3"))
+    second_worker.vend(google_request(config, "108234", "token-4"))
+
+    assert counted.keys.count(("get", key)) == 2
+    assert first.identity_id == again.identity_id == third.identity_id
+    assert len(aws.recorder.calls("GetId")) == 1
+    assert [c["IdentityId"] for c in aws.recorder.calls("GetCredentialsForIdentity")] == [
+        first.identity_id
+    ] * 4
+
+
 def test_enhanced_flow_without_custom_role_sends_none(
     aws: AwsWorld, store: Store, make_config: MakeConfig
 ) -> None:
@@ -340,12 +364,15 @@ def spoil_identity(store: Store, key: str, how: str) -> None:
 def test_an_identity_id_stored_in_a_form_this_version_does_not_read_is_resolved_again(
     how: str, aws: AwsWorld, config: BrokerConfig, clients: AwsClients, local_store: Store
 ) -> None:
-    vendor = CognitoEnhancedVendor(config, clients, local_store)
-    vendor.vend(google_request(config, "108234", "token-1"))
+    CognitoEnhancedVendor(config, clients, local_store).vend(
+        google_request(config, "108234", "token-1")
+    )
     key = identity_cache_key("cognito", aws.identity_pool_id, GOOGLE, "108234")
     spoil_identity(local_store, key, how)
     aws.recorder.reset()
 
+    # another worker, which has not seen the user and reads the store
+    vendor = CognitoEnhancedVendor(config, clients, local_store)
     again = vendor.vend(google_request(config, "108234", "token-2"))
 
     assert aws.recorder.operations() == ["GetId", "GetCredentialsForIdentity"]
@@ -357,14 +384,17 @@ def test_an_identity_id_stored_in_a_form_this_version_does_not_read_is_resolved_
 def test_a_developer_identity_id_stored_in_a_form_this_version_does_not_read_is_not_sent(
     how: str, aws: AwsWorld, config: BrokerConfig, clients: AwsClients, local_store: Store
 ) -> None:
-    vendor = CognitoDeveloperVendor(config, clients, local_store)
-    vendor.vend(request_for(config, "okta", "okta-00u1abc"))
+    CognitoDeveloperVendor(config, clients, local_store).vend(
+        request_for(config, "okta", "okta-00u1abc")
+    )
     key = identity_cache_key(
         "cognito_developer", aws.identity_pool_id, aws.developer_provider_name, "okta-00u1abc"
     )
     spoil_identity(local_store, key, how)
     aws.recorder.reset()
 
+    # another worker, which has not seen the user and reads the store
+    vendor = CognitoDeveloperVendor(config, clients, local_store)
     again = vendor.vend(request_for(config, "okta", "okta-00u1abc"))
 
     [call] = aws.recorder.calls("GetOpenIdTokenForDeveloperIdentity")
