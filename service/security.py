@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 from identity.config.document import BrokerConfig
 from identity.errors import OriginNotAllowed
@@ -96,6 +101,79 @@ def require_allowed_origin() -> None:
         )
 
 
+class ResponseHeaders:
+    """WSGI middleware: the headers every answer carries (the security headers and
+    ``Cache-Control: no-store`` unless the view set its own, HSTS under https, ``Vary:
+    Origin`` and CORS for the API's allowed origins, ``X-Request-Id``).
+
+    They are added to the header list as it goes to the server: constants, checked once
+    here, rather than added to each response object and checked again when it is sent.
+    """
+
+    def __init__(
+        self, app: WSGIApplication, *, strict_transport: bool, allowed_origins: frozenset[str]
+    ) -> None:
+        self.app = app
+        self.allowed_origins = allowed_origins
+        # (lower-case name, header) of each default: one pass over the answer's headers
+        self.defaults = [
+            (name.lower(), (name, value))
+            for name, value in [*SECURITY_HEADERS.items(), ("Cache-Control", "no-store")]
+        ]
+        self.strict_transport = strict_transport
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        def start(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], object]:
+            return start_response(status, self.add(environ, headers), exc_info)
+
+        return self.app(environ, start)
+
+    def add(
+        self, environ: WSGIEnvironment, headers: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """``headers`` with every default header that is missing, and the per-request ones."""
+        present = {name.lower() for name, _ in headers}
+        headers.extend(header for lower, header in self.defaults if lower not in present)
+        replaced: dict[str, tuple[str, str]] = {}
+        if self.strict_transport:
+            replaced["strict-transport-security"] = ("Strict-Transport-Security", HSTS)
+        if environ.get("PATH_INFO", "").startswith(_CORS_PREFIX):
+            if "vary" in present:
+                headers = [_vary_origin(h) if h[0].lower() == "vary" else h for h in headers]
+            else:
+                headers.append(("Vary", "Origin"))
+            origin = environ.get("HTTP_ORIGIN")
+            if origin is not None and origin in self.allowed_origins:
+                replaced["access-control-allow-origin"] = ("Access-Control-Allow-Origin", origin)
+                replaced["access-control-allow-credentials"] = (
+                    "Access-Control-Allow-Credentials",
+                    "true",
+                )
+                replaced["access-control-expose-headers"] = (
+                    "Access-Control-Expose-Headers",
+                    CORS_EXPOSED,
+                )
+        request_id = request_id_var.get()
+        if request_id:
+            replaced["x-request-id"] = ("X-Request-Id", request_id)
+        if replaced:
+            if present & replaced.keys():
+                headers = [h for h in headers if h[0].lower() not in replaced]
+            headers.extend(replaced.values())
+        return headers
+
+
+def _vary_origin(header: tuple[str, str]) -> tuple[str, str]:
+    """A ``Vary`` header that names ``Origin`` too."""
+    name, value = header
+    varies = [v.strip() for v in value.split(",") if v.strip()]
+    if any(v.lower() == "origin" for v in varies):
+        return header
+    return name, ", ".join([*varies, "Origin"])
+
+
 def init_app(app: Flask, config: BrokerConfig) -> None:
     app.extensions["chime_broker_origins"] = OriginPolicy.from_config(config)
     strict_transport = config.service.public_url.startswith("https://")
@@ -132,38 +210,11 @@ def init_app(app: Flask, config: BrokerConfig) -> None:
         response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
         return response
 
-    # The headers every answer carries unless its view set its own, as (lower-case name,
-    # name, value): one pass over the answer's headers instead of a lookup per header.
-    defaults = [
-        (name.lower(), name, value)
-        for name, value in [*SECURITY_HEADERS.items(), ("Cache-Control", "no-store")]
-    ]
-    allowed = frozenset(config.service.allowed_origins)
-
-    @app.after_request
-    def harden(response: Response) -> Response:
-        headers = response.headers
-        present = {name.lower() for name, _ in headers.items()}
-        for lower, name, value in defaults:
-            if lower not in present:
-                headers.add(name, value)
-        if strict_transport:
-            headers["Strict-Transport-Security"] = HSTS
-        environ = request.environ
-        if environ.get("PATH_INFO", "").startswith(_CORS_PREFIX):
-            if "vary" in present:
-                response.vary.add("Origin")
-            else:
-                headers.add("Vary", "Origin")
-            origin = environ.get("HTTP_ORIGIN")
-            if origin is not None and origin in allowed:
-                headers["Access-Control-Allow-Origin"] = origin
-                headers["Access-Control-Allow-Credentials"] = "true"
-                headers["Access-Control-Expose-Headers"] = CORS_EXPOSED
-        request_id = getattr(g._get_current_object(), "request_id", None)
-        if request_id:
-            headers["X-Request-Id"] = request_id
-        return response
+    app.wsgi_app = ResponseHeaders(  # type: ignore[method-assign]
+        app.wsgi_app,
+        strict_transport=strict_transport,
+        allowed_origins=frozenset(config.service.allowed_origins),
+    )
 
     @app.teardown_request
     def forget_request_id(_exc: BaseException | None) -> None:
