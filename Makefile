@@ -49,7 +49,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy identity service
 
 test: $(STAMP) system-packages node-packages lint typecheck
-	$(BIN)/pytest -n 2
+	$(BIN)/pytest -n 2 --dist worksteal
 
 # `make demo PORT=9000 IDP_PORT=9001`: the broker and the development IdP on other ports.
 demo: $(STAMP)

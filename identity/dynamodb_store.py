@@ -32,7 +32,13 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from identity.errors import StoreError
-from identity.store_values import check_member, check_ttl, check_value, counter_value
+from identity.store_values import (
+    check_member,
+    check_member_write,
+    check_ttl,
+    check_value,
+    counter_value,
+)
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb.client import DynamoDBClient
@@ -274,11 +280,7 @@ class DynamoDbStore:
         member_value: bytes,
         map_ttl: float,
     ) -> None:
-        check_value(value)
-        check_ttl(ttl)
-        check_member(member)
-        check_value(member_value)
-        check_ttl(map_ttl)
+        check_member_write(value, ttl, member, member_value, map_ttl)
         with self._errors("TransactWriteItems") as dynamodb:
             for attempt in range(_TRANSACT_ATTEMPTS):
                 reasons = self._set_and_add_member_once(

@@ -13,6 +13,7 @@ from redis.retry import Retry
 
 from identity.errors import StoreError
 from identity.store_values import check_member as _check_member
+from identity.store_values import check_member_write
 from identity.store_values import check_ttl as _check_ttl
 from identity.store_values import check_value as _check_value
 
@@ -145,11 +146,7 @@ class RedisStore:
         member_value: bytes,
         map_ttl: float,
     ) -> None:
-        _check_value(value)
-        _check_ttl(ttl)
-        _check_member(member)
-        _check_value(member_value)
-        _check_ttl(map_ttl)
+        check_member_write(value, ttl, member, member_value, map_ttl)
         with self._errors():
             # MULTI/EXEC: one round trip, and no reader sees the record without its member.
             pipe = self._client.pipeline(transaction=True)

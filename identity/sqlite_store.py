@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 from identity.errors import StoreError
 from identity.store_values import check_member as _check_member
+from identity.store_values import check_member_write
 from identity.store_values import check_ttl as _check_ttl
 from identity.store_values import check_value as _check_value
 from identity.store_values import counter_value as _counter_value
@@ -279,11 +280,7 @@ class SqliteStore:
         member_value: bytes,
         map_ttl: float,
     ) -> None:
-        _check_value(value)
-        _check_ttl(ttl)
-        _check_member(member)
-        _check_value(member_value)
-        _check_ttl(map_ttl)
+        check_member_write(value, ttl, member, member_value, map_ttl)
         with self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             now = time.time()

@@ -31,6 +31,7 @@ from identity.dynamodb_store import DynamoDbStore, table_from_url
 from identity.redis_store import RedisStore
 from identity.sqlite_store import SqliteStore
 from identity.store_values import check_member as _check_member
+from identity.store_values import check_member_write
 from identity.store_values import check_ttl as _check_ttl
 from identity.store_values import check_value as _check_value
 from identity.store_values import counter_value as _counter_value
@@ -246,11 +247,7 @@ class MemoryStore:
         member_value: bytes,
         map_ttl: float,
     ) -> None:
-        _check_value(value)
-        _check_ttl(ttl)
-        _check_member(member)
-        _check_value(member_value)
-        _check_ttl(map_ttl)
+        check_member_write(value, ttl, member, member_value, map_ttl)
         with self._lock:
             now = time.monotonic()
             self._put(key, value, now + ttl, now)

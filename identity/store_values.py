@@ -7,7 +7,7 @@ import re
 
 from identity.errors import StoreError
 
-__all__ = ["check_member", "check_ttl", "check_value", "counter_value"]
+__all__ = ["check_member", "check_member_write", "check_ttl", "check_value", "counter_value"]
 
 _INTEGER = re.compile(rb"-?[0-9]{1,19}")
 # Hex or base64url: safe in every backend's field names (DynamoDB attribute names included).
@@ -32,6 +32,17 @@ def check_member(member: str) -> None:
     """Raise ValueError unless ``member`` is 1 to 128 letters, digits, ``_`` or ``-``."""
     if not isinstance(member, str) or _MEMBER.fullmatch(member) is None:
         raise ValueError(f"a map member is 1 to 128 of [A-Za-z0-9_-], got {member!r}")
+
+
+def check_member_write(
+    value: bytes, ttl: float, member: str, member_value: bytes, map_ttl: float
+) -> None:
+    """The checks of ``set_and_add_member``: the record's as ``set``'s, the member's."""
+    check_value(value)
+    check_ttl(ttl)
+    check_member(member)
+    check_value(member_value)
+    check_ttl(map_ttl)
 
 
 def counter_value(key: str, value: bytes) -> int:

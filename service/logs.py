@@ -78,6 +78,17 @@ def _clean(texts: list[str]) -> bool:
     return not any(len(text) >= 200 and _BASE64_RUN.search(text) for text in texts)
 
 
+def replace_patterns(text: str) -> str:
+    """``text`` with whatever any pattern matches replaced: the slow path, which the quick
+    check spares text that cannot match."""
+    for pattern in _PATTERNS:
+        if pattern.groups:
+            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+        else:
+            text = pattern.sub(REDACTED, text)
+    return text
+
+
 class Redactor(logging.Filter):
     """Rewrites each record's message and arguments with secrets replaced."""
 
@@ -100,12 +111,7 @@ class Redactor(logging.Filter):
                 text = text.replace(secret, REDACTED)
         if _clean([text]):
             return text
-        for pattern in _PATTERNS:
-            if pattern.groups:
-                text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
-            else:
-                text = pattern.sub(REDACTED, text)
-        return text
+        return replace_patterns(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

@@ -8,7 +8,7 @@ import logging
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.logs import _PATTERNS, REDACTED, Redactor
+from service.logs import REDACTED, Redactor, replace_patterns
 
 SECRET = "config-secret-value"
 
@@ -29,12 +29,7 @@ def _reference(text: str, secrets: list[str]) -> str:
     """Every secret and every pattern applied, with no shortcut."""
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
-    for pattern in _PATTERNS:
-        if pattern.groups:
-            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
-        else:
-            text = pattern.sub(REDACTED, text)
-    return text
+    return replace_patterns(text)
 
 
 texts = st.lists(st.sampled_from(PIECES), max_size=14).map("".join)
