@@ -99,10 +99,11 @@ def _marker_time(raw: bytes | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def newest_marker(values: Sequence[bytes | None]) -> float | None:
-    """The newest revocation time among the markers read (absent ones are None)."""
-    times = [t for t in map(_marker_time, values) if t is not None]
-    return max(times) if times else None
+def covered(created_at: float, markers: Sequence[bytes | None]) -> bool:
+    """True when a session created at ``created_at`` is revoked by the newest of the
+    ``markers`` read (absent ones are None)."""
+    times = [t for t in map(_marker_time, markers) if t is not None]
+    return bool(times) and created_at <= max(times)
 
 
 class Revocations:
@@ -126,21 +127,6 @@ class Revocations:
     def _upstream_keys(self, prefix: str, provider: str, value: str) -> list[str]:
         return [prefix + h for h in self._sealer.key_hashes(prefix, provider, value)]
 
-    def not_before(
-        self,
-        provider: str,
-        user_id: str,
-        *,
-        upstream_session_id: str | None = None,
-        subject: str | None = None,
-    ) -> float | None:
-        """The newest revocation time covering ``user_id`` of ``provider`` (or, when given,
-        the provider's own session ``upstream_session_id`` or ``subject``), or None."""
-        keys = self.marker_keys(
-            provider, user_id, upstream_session_id=upstream_session_id, subject=subject
-        )
-        return newest_marker(self._store.get_many(keys))
-
     def marker_keys(
         self,
         provider: str,
@@ -156,21 +142,6 @@ class Revocations:
         if subject is not None:
             keys += self._upstream_keys(_UPSTREAM_SUBJECT_MARKER, provider, subject)
         return keys
-
-    def covers(
-        self,
-        provider: str,
-        user_id: str,
-        created_at: float,
-        *,
-        upstream_session_id: str | None = None,
-        subject: str | None = None,
-    ) -> bool:
-        """True when a session created at ``created_at`` has been revoked."""
-        revoked = self.not_before(
-            provider, user_id, upstream_session_id=upstream_session_id, subject=subject
-        )
-        return revoked is not None and created_at <= revoked
 
     def revoke_user(self, provider: str, user_id: str, *, at: float, ttl: float) -> None:
         for key in self._user_keys(provider, user_id):
@@ -287,16 +258,20 @@ class SessionIndex:
                 found.setdefault(entry.session_hash, entry)
         return sorted(found.values(), key=lambda s: s.created_at)
 
-    def remove(self, provider: str, user_id: str, session_hashes: Sequence[str]) -> None:
-        gone = set(session_hashes)
-        for map_key in self._map_keys(provider, user_id):
-            self._store.remove_members(map_key, sorted(gone))
+    def remove(self, provider: str, user_id: str, session_hash: str, created_at: float) -> None:
+        """Take the session out of the index: out of its period's map (under each secret),
+        and out of an older broker's list where there is one."""
+        bucket = self._bucket(created_at)
+        for user_hash in self._sealer.key_hashes("sessions-of", provider, user_id):
+            self._store.remove_members(self._map_key(user_hash, bucket), [session_hash])
+
+        def without(entries: list[IndexedSession]) -> list[IndexedSession]:
+            return [s for s in entries if s.session_hash != session_hash]
+
         legacy = self._keys(provider, user_id)
         for key, sealed in zip(legacy, self._store.get_many(legacy), strict=True):
             if sealed is not None:
-                self._update(
-                    key, sealed, lambda entries: [s for s in entries if s.session_hash not in gone]
-                )
+                self._update(key, sealed, without)
 
     def _update(
         self,

@@ -16,7 +16,7 @@ from pydantic import Field, TypeAdapter
 
 from identity import audit, telemetry
 from identity.records import StoredRecord, read_record
-from identity.revocation import Revocations, SessionIndex, newest_marker
+from identity.revocation import Revocations, SessionIndex, covered
 from identity.sealing import Sealer, token_hash
 from identity.store import Store
 
@@ -143,8 +143,7 @@ class SessionManager:
         markers = self._marker_keys(record)
         more = list(more_keys(record)) if more_keys is not None else []
         values = self._store.get_many([*markers, *more])
-        revoked = newest_marker(values[: len(markers)])
-        if revoked is not None and record.created_at <= revoked:
+        if covered(record.created_at, values[: len(markers)]):
             return None, {}
         return record, dict(zip(more, values[len(markers) :], strict=True))
 
@@ -169,13 +168,7 @@ class SessionManager:
         return not self._revoked(record)
 
     def _revoked(self, record: SessionRecord) -> bool:
-        return self.revocations.covers(
-            record.provider,
-            record.user_id,
-            record.created_at,
-            upstream_session_id=record.upstream_session_id,
-            subject=record.subject,
-        )
+        return covered(record.created_at, self._store.get_many(self._marker_keys(record)))
 
     def end(self, token: str | None, *, ended_by: audit.EndedBy = "logout") -> bool:
         """End the session (audited as ``ended_by``); True when there was one."""
@@ -187,7 +180,7 @@ class SessionManager:
             return False
         record = read_record(_SESSION, self._sealer.open(sealed, context=_KEY_PREFIX + key))
         if record is not None:
-            self.index.remove(record.provider, record.user_id, [key])
+            self.index.remove(record.provider, record.user_id, key, record.created_at)
             _audit_end(record, ended_by)
         return True
 

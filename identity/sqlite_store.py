@@ -44,7 +44,6 @@ _SQLITE_UPSERT = (
     "INSERT INTO broker_state (key, value, expires_at) VALUES (?, ?, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
 )
-# The conflict branch only replaces an expired row; RETURNING yields a row iff we wrote.
 _SQLITE_UPDATE_LIVE = (
     "UPDATE broker_state SET value = ?, expires_at = ? WHERE key = ? AND expires_at > ?"
 )
@@ -52,6 +51,7 @@ _SQLITE_UPDATE_LIVE_SAME = (
     "UPDATE broker_state SET value = ?, expires_at = ? "
     "WHERE key = ? AND value = ? AND expires_at > ?"
 )
+# The conflict branch only replaces an expired row; RETURNING yields a row iff we wrote.
 _SQLITE_INSERT_IF_ABSENT = _SQLITE_UPSERT + " WHERE broker_state.expires_at <= ? RETURNING 1"
 # Members left by an expired (or purged) map must not show in the map an add revives.
 _SQLITE_CLEAR_DEAD_MEMBERS = (

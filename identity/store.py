@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from identity.dynamodb_store import DynamoDbStore, table_from_url
@@ -141,68 +141,76 @@ class Store(Protocol):
 
 # --------------------------------------------------------------------------- memory
 
-# A sweep of expired entries runs when the dict doubles past its last live size, so
-# purging costs O(1) amortised and memory stays within about twice the live entries.
+# A sweep of expired items runs when the dict doubles past its last live size, so
+# purging costs O(1) amortised and memory stays within about twice the live items.
 _MEMORY_SWEEP_MIN = 1024
+
+_Held = TypeVar("_Held")
+
+
+class _Expiring(Generic[_Held]):
+    """Items with an expiry: an expired item is dropped when touched, and every expired
+    item is swept as the dict grows. The caller holds the lock."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, tuple[_Held, float]] = {}
+        self._sweep_at = _MEMORY_SWEEP_MIN
+
+    def live(self, key: str, now: float) -> _Held | None:
+        item = self.items.get(key)
+        if item is None:
+            return None
+        if item[1] <= now:
+            del self.items[key]
+            return None
+        return item[0]
+
+    def put(self, key: str, value: _Held, expires_at: float, now: float) -> None:
+        self.items[key] = (value, expires_at)
+        if len(self.items) >= self._sweep_at:
+            for k in [k for k, (_, until) in self.items.items() if until <= now]:
+                del self.items[k]
+            self._sweep_at = max(_MEMORY_SWEEP_MIN, 2 * len(self.items))
 
 
 class MemoryStore:
-    """``memory://``: a dict under a lock, for one process. Expired entries are dropped
-    when touched and swept lazily as the dict grows."""
+    """``memory://``: dicts under a lock, for one process. Expired entries and maps are
+    dropped when touched and swept lazily as the dicts grow."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[bytes, float]] = {}
-        self._maps: dict[str, tuple[dict[str, bytes], float]] = {}
+        self._entries: _Expiring[bytes] = _Expiring()
+        self._maps: _Expiring[dict[str, bytes]] = _Expiring()
         self._lock = threading.Lock()
-        self._sweep_at = _MEMORY_SWEEP_MIN
-        self._sweep_maps_at = _MEMORY_SWEEP_MIN
 
     def __len__(self) -> int:
         """Entries and maps held, including expired ones not yet purged."""
         with self._lock:
-            return len(self._entries) + len(self._maps)
-
-    def _live(self, key: str, now: float) -> bytes | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if entry[1] <= now:
-            del self._entries[key]
-            return None
-        return entry[0]
-
-    def _put(self, key: str, value: bytes, expires_at: float, now: float) -> None:
-        self._entries[key] = (value, expires_at)
-        if len(self._entries) >= self._sweep_at:
-            expired = [k for k, (_, until) in self._entries.items() if until <= now]
-            for k in expired:
-                del self._entries[k]
-            self._sweep_at = max(_MEMORY_SWEEP_MIN, 2 * len(self._entries))
+            return len(self._entries.items) + len(self._maps.items)
 
     def get(self, key: str) -> bytes | None:
         with self._lock:
-            return self._live(key, time.monotonic())
+            return self._entries.live(key, time.monotonic())
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         with self._lock:
             now = time.monotonic()
-            return [self._live(key, now) for key in keys]
+            return [self._entries.live(key, now) for key in keys]
 
     def set(self, key: str, value: bytes, ttl: float) -> None:
         _check_value(value)
         _check_ttl(ttl)
         with self._lock:
             now = time.monotonic()
-            self._put(key, value, now + ttl, now)
+            self._entries.put(key, value, now + ttl, now)
 
     def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         _check_value(value)
         _check_ttl(ttl)
         with self._lock:
             now = time.monotonic()
-            if self._live(key, now) is not None:
+            if self._entries.live(key, now) is not None:
                 return False
-            self._put(key, value, now + ttl, now)
+            self._entries.put(key, value, now + ttl, now)
             return True
 
     def replace(self, key: str, value: bytes, ttl: float) -> bool:
@@ -210,9 +218,9 @@ class MemoryStore:
         _check_ttl(ttl)
         with self._lock:
             now = time.monotonic()
-            if self._live(key, now) is None:
+            if self._entries.live(key, now) is None:
                 return False
-            self._put(key, value, now + ttl, now)
+            self._entries.put(key, value, now + ttl, now)
             return True
 
     def compare_and_set(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
@@ -220,22 +228,22 @@ class MemoryStore:
         _check_ttl(ttl)
         with self._lock:
             now = time.monotonic()
-            if self._live(key, now) != expected:
+            if self._entries.live(key, now) != expected:
                 return False
-            self._put(key, value, now + ttl, now)
+            self._entries.put(key, value, now + ttl, now)
             return True
 
     def get_and_delete(self, key: str) -> bytes | None:
         with self._lock:
-            entry = self._entries.pop(key, None)
+            entry = self._entries.items.pop(key, None)
             if entry is None or entry[1] <= time.monotonic():
                 return None
             return entry[0]
 
     def delete(self, key: str) -> None:
         with self._lock:
-            self._entries.pop(key, None)
-            self._maps.pop(key, None)
+            self._entries.items.pop(key, None)
+            self._maps.items.pop(key, None)
 
     def set_and_add_member(
         self,
@@ -250,39 +258,22 @@ class MemoryStore:
         check_member_write(value, ttl, member, member_value, map_ttl)
         with self._lock:
             now = time.monotonic()
-            self._put(key, value, now + ttl, now)
-            held = self._live_map(map_key, now)
+            self._entries.put(key, value, now + ttl, now)
+            held = self._maps.live(map_key, now)
             if held is None:
                 held = {}
-                self._sweep_maps(now)
             held[member] = member_value
-            self._maps[map_key] = (held, now + map_ttl)
-
-    def _live_map(self, map_key: str, now: float) -> dict[str, bytes] | None:
-        entry = self._maps.get(map_key)
-        if entry is None:
-            return None
-        if entry[1] <= now:
-            del self._maps[map_key]
-            return None
-        return entry[0]
-
-    def _sweep_maps(self, now: float) -> None:
-        if len(self._maps) < self._sweep_maps_at:
-            return
-        for k in [k for k, (_, until) in self._maps.items() if until <= now]:
-            del self._maps[k]
-        self._sweep_maps_at = max(_MEMORY_SWEEP_MIN, 2 * len(self._maps))
+            self._maps.put(map_key, held, now + map_ttl, now)
 
     def members(self, map_key: str) -> dict[str, bytes]:
         with self._lock:
-            return dict(self._live_map(map_key, time.monotonic()) or {})
+            return dict(self._maps.live(map_key, time.monotonic()) or {})
 
     def remove_members(self, map_key: str, members: Sequence[str]) -> None:
         for member in members:
             _check_member(member)
         with self._lock:
-            held = self._live_map(map_key, time.monotonic())
+            held = self._maps.live(map_key, time.monotonic())
             if held is None:
                 return
             for member in members:
@@ -292,12 +283,12 @@ class MemoryStore:
         _check_ttl(ttl)
         with self._lock:
             now = time.monotonic()
-            entry = self._entries.get(key)
+            entry = self._entries.items.get(key)
             if entry is None or entry[1] <= now:
                 count, expires_at = 1, now + ttl
             else:
                 count, expires_at = _counter_value(key, entry[0]) + 1, entry[1]
-            self._put(key, str(count).encode("ascii"), expires_at, now)
+            self._entries.put(key, str(count).encode("ascii"), expires_at, now)
             return count
 
     def ping(self) -> None:
@@ -305,8 +296,8 @@ class MemoryStore:
 
     def close(self) -> None:
         with self._lock:
-            self._entries.clear()
-            self._maps.clear()
+            self._entries.items.clear()
+            self._maps.items.clear()
 
 
 # --------------------------------------------------------------------------- registry

@@ -13,7 +13,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -56,16 +56,15 @@ _SHORTEST_MATCH = 6
 REDACTED = "[redacted]"
 
 
-def _clean(texts: list[str]) -> bool:
-    """True when no pattern can match in any of ``texts``.
+def _clean(joined: str, texts: Sequence[str]) -> bool:
+    """True when no pattern can match in any of ``texts`` (``joined``: them joined by NUL,
+    which is neither a gap the named-field pattern allows nor part of a run).
 
     Each pattern has a necessary condition that substring searches check in a fraction of
     the time its regex takes (an alternation costs microseconds per character); most log
     text meets none. Text outside ASCII, where case-insensitive matching has more forms
     than ``str.lower`` gives, always goes to the patterns.
     """
-    # NUL between the texts: neither a gap the named-field pattern allows nor part of a run
-    joined = "\x00".join(texts)
     if not joined.isascii():
         return False
     lowered = joined.lower()
@@ -109,7 +108,7 @@ class Redactor(logging.Filter):
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        if _clean([text]):
+        if _clean(text, (text,)):
             return text
         return replace_patterns(text)
 
@@ -122,8 +121,8 @@ class Redactor(logging.Filter):
             texts += [v for v in fields.values() if isinstance(v, str)]
         # The message and every field are checked together; only a record that may hold a
         # secret is rewritten piece by piece.
-        joined = "\n".join(texts)
-        if any(secret in joined for secret in self._secrets) or not _clean(texts):
+        joined = "\x00".join(texts)
+        if any(secret in joined for secret in self._secrets) or not _clean(joined, texts):
             message = self.redact(message)
             if isinstance(fields, dict):
                 record.fields = {

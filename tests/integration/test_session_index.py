@@ -236,6 +236,10 @@ def test_a_map_holds_one_periods_sessions_and_both_periods_are_listed(tmp_path: 
 
         listed = manager(boundary + 5).index.live("corp", "corp-jo")
         assert [s.session_hash for s in listed] == [token_hash(before), token_hash(after)]
+        # Ended in the later period, a session leaves the map of the period it began in.
+        assert manager(boundary + 5).end(before)
+        assert store.members(map_key(sealer, "corp-jo", boundary - 10)) == {}
+        assert set(store.members(map_key(sealer, "corp-jo", boundary + 1))) == {token_hash(after)}
         # A lifetime on, the session of the earlier period has expired; the later one is
         # still found in what is now the previous period's map.
         listed = manager(boundary + LIFETIME - 5).index.live("corp", "corp-jo")
