@@ -12,22 +12,14 @@ from gunicorn.glogging import Logger
 
 from service.logs import gunicorn_logconfig
 
+GEVENT_WORKER = "service.gevent_worker.BrokerGeventWorker"
+
 
 def _child_exit(_server: Any, worker: Any) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
-
-
-def _yield_to_other_connections(_worker: Any, _req: Any, _environ: Any, _resp: Any) -> None:
-    # A request that does no network I/O (a credential-cache hit) never yields to the gevent
-    # hub, and gunicorn then reads the next request on the same keep-alive connection: one
-    # busy connection would starve the others. Yield once per request (yielding only every
-    # few requests saves a little CPU, but lets p99 latency grow several times).
-    import gevent
-
-    gevent.sleep(0)
 
 
 class BrokerLogger(Logger):  # type: ignore[misc]
@@ -75,7 +67,8 @@ def serve(
     options: dict[str, Any] = {
         "bind": bind,
         "workers": workers,
-        "worker_class": worker_class,
+        # gevent: gunicorn's worker, sending each response in one write (service.gevent_worker)
+        "worker_class": GEVENT_WORKER if worker_class == "gevent" else worker_class,
         "timeout": timeout,
         "graceful_timeout": 10,
         "accesslog": None,
@@ -88,7 +81,6 @@ def serve(
     }
     if worker_class == "gevent":
         options["worker_connections"] = worker_connections
-        options["post_request"] = _yield_to_other_connections
     if worker_class == "gthread":
         options["threads"] = threads
     concurrency = worker_connections if worker_class == "gevent" else threads
