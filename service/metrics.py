@@ -26,34 +26,10 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
-    values,
 )
 
 from identity import errors, telemetry
 from identity.http import IDP_OPERATIONS
-
-# In multiprocess mode every counter increment asks prometheus_client's process identifier
-# whether the process has forked since (``os.getpid()``, a system call: three or more per
-# request). The pid is kept here instead, and renewed in a forked child before anything
-# else runs in it. The identifier must differ between processes running at once, which a
-# pid does; this must be in place before the process's first metric is built (this module
-# is what builds them).
-_pid = os.getpid()
-
-
-def _renew_pid() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-def process_identifier() -> int:
-    """This process's pid, as of its last fork: the multiprocess files' name."""
-    return _pid
-
-
-os.register_at_fork(after_in_child=_renew_pid)
-if values.ValueClass is not values.MutexValue:
-    values.ValueClass = values.MultiProcessValue(process_identifier)  # type: ignore[no-untyped-call]
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
