@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from identity.models import VendedCredentials
+from identity.times import rfc3339
 
 log = logging.getLogger("chime_broker.audit")
 
 MESSAGE: Final = "audit"
 SCHEMA_VERSION: Final = 1
 EndedBy = Literal["logout", "recheck_refused", "revocation"]
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _emit(event: str, fields: Mapping[str, Any]) -> None:
@@ -57,7 +53,7 @@ def credentials_issued(
             "role_arn": role_arn,
             "tags": dict(tags),
             "duration_seconds": max(0, round(credentials.expiration.timestamp() - now)),
-            "expiration": _rfc3339(credentials.expiration),
+            "expiration": rfc3339(credentials.expiration),
             "exchange": exchange,
             "origin": origin,
             "reused": reused,
@@ -83,8 +79,8 @@ def session_ended(
             "provider": provider,
             "user_id": user_id,
             "tags": dict(tags),
-            "started_at": _rfc3339(datetime.fromtimestamp(created_at, UTC)),
-            "expiration": _rfc3339(datetime.fromtimestamp(expires_at, UTC)),
+            "started_at": rfc3339(created_at),
+            "expiration": rfc3339(expires_at),
             "origin": origin,
             "ended_by": ended_by,
         },

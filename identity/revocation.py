@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any, Final, Literal, NamedTuple
 
 from pydantic import TypeAdapter
@@ -33,6 +32,7 @@ from pydantic import TypeAdapter
 from identity.records import StoredRecord, read_record
 from identity.sealing import Sealer
 from identity.store import Store
+from identity.times import rfc3339
 
 log = logging.getLogger("chime_broker.sessions")
 
@@ -312,11 +312,6 @@ class SessionIndex:
         return sorted(
             (s for s in record.sessions if s.expires_at > now), key=lambda s: s.created_at
         )
-
-
-def rfc3339(at: float) -> str:
-    """``at`` as RFC 3339 UTC, whole seconds."""
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def deny_statement(

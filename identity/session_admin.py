@@ -16,8 +16,9 @@ from typing import Any, Protocol
 from identity.config.document import BrokerConfig
 from identity.config.models import ProviderBase
 from identity.credential_cache import CredentialCache
-from identity.revocation import deny_statement, rfc3339
+from identity.revocation import deny_statement
 from identity.sessions import SessionManager
+from identity.times import rfc3339
 from identity.vending.sts import role_session_name
 
 POLICY_VERSION = "2012-10-17"

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Response, jsonify
 
 from identity.config.document import BrokerConfig
 from identity.models import Grant
-
-
-def rfc3339(moment: datetime) -> str:
-    """``2026-11-27T05:00:00Z``: RFC 3339 in UTC, whole seconds."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+from identity.times import rfc3339
 
 
 def credentials_body(grant: Grant) -> dict[str, Any]:

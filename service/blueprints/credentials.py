@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, jsonify
 
+from identity.times import rfc3339
 from service.blueprints.saml import end_session_url as saml_end_session_url
-from service.responses import credentials_account, credentials_response, rfc3339
+from service.responses import credentials_account, credentials_response
 from service.runtime import runtime
 from service.sessions import clear_session_cookie, container_token, session_token
 

@@ -11,7 +11,6 @@ cross-site POSTs, and ``__Host-`` so that no sibling site can plant one.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from typing import Final
 
 from flask import Blueprint, Response, jsonify, redirect, request
@@ -22,8 +21,8 @@ from identity.errors import InvalidRequest
 from identity.login_transactions import LOGIN_TTL, PreLoginCookie
 from identity.logins import LoginStep
 from identity.mapping import app_instance_user_arn
+from identity.times import rfc3339
 from service.endpoints import API, CALLBACK, LOGIN
-from service.responses import rfc3339
 from service.runtime import runtime
 from service.sessions import (
     forget_ended_session_cookie,
@@ -158,5 +157,5 @@ def session() -> Response:
         app_instance_user_arn=app_instance_user_arn(
             rt.config.chime.app_instance_arn, record.user_id
         ),
-        expires_at=rfc3339(datetime.fromtimestamp(record.expires_at, UTC)),
+        expires_at=rfc3339(record.expires_at),
     )
