@@ -54,10 +54,7 @@ _SQLITE_UPDATE_LIVE_SAME = (
 # The conflict branch only replaces an expired row; RETURNING yields a row iff we wrote.
 _SQLITE_INSERT_IF_ABSENT = _SQLITE_UPSERT + " WHERE broker_state.expires_at <= ? RETURNING 1"
 # Members left by an expired (or purged) map must not show in the map an add revives.
-_SQLITE_CLEAR_DEAD_MEMBERS = (
-    "DELETE FROM broker_members WHERE key = ? AND NOT EXISTS "
-    "(SELECT 1 FROM broker_maps WHERE key = ? AND expires_at > ?)"
-)
+_SQLITE_MAP_EXPIRES_AT = "SELECT expires_at FROM broker_maps WHERE key = ?"
 _SQLITE_UPSERT_MAP = (
     "INSERT INTO broker_maps (key, expires_at) VALUES (?, ?) "
     "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at"
@@ -68,6 +65,13 @@ _SQLITE_UPSERT_MEMBER = (
 )
 # Seconds a writer waits for the write lock held by another connection or process.
 SQLITE_BUSY_TIMEOUT = 5.0
+# How a writer waits for that lock: first it tries again after each os.sched_yield (the CPU
+# to the process holding the lock, which keeps it for about a quarter of a millisecond) for
+# up to _SQLITE_SPIN seconds, then after sleeps of _SQLITE_FIRST_WAIT doubling up to
+# _SQLITE_LONGEST_WAIT (under gevent, a yield to the worker's other requests for that long).
+_SQLITE_SPIN = 0.0005
+_SQLITE_FIRST_WAIT = 0.0001
+_SQLITE_LONGEST_WAIT = 0.002
 # Every this many writes, the writer also deletes all expired rows (indexed).
 _SQLITE_PURGE_EVERY = 256
 # Idle connections kept for reuse; more are closed when handed back.
@@ -78,6 +82,13 @@ _SQLITE_MAX_IDLE = 32
 _INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
 
 
+def _busy(error: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused for a lock another connection holds (SQLITE_BUSY, or
+    SQLITE_LOCKED within one process), with any extended code."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 class SqliteStore:
     """``sqlite://``: one WAL-mode file shared by every thread and process on the machine.
 
@@ -85,6 +96,15 @@ class SqliteStore:
     belongs to the process that made it, so a forked child opens its own connections.
     Times are wall-clock (``time.time``) because several processes compare them. A write
     waits ``busy_timeout`` seconds for another's lock, then fails as StoreError.
+
+    The wait is the store's own, not SQLite's busy handler: that one sleeps inside the
+    library, a millisecond at first while the other writer needs a quarter of that, and in
+    a gevent worker a sleep inside a library stops every request the worker is serving.
+    Here a writer that finds the lock taken first hands the CPU to the holder and tries
+    again, for half a millisecond; then it sleeps with ``time.sleep``, which gevent makes
+    a yield to the worker's other requests. (Only yielding would keep the worker busy, but
+    in a busy worker a yield lasts as long as every other ready request's turn: the few
+    writers that must wait several times would wait far longer than the rest.)
     """
 
     def __init__(self, path: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> None:
@@ -98,7 +118,7 @@ class SqliteStore:
         self._writes = itertools.count(1)
         with self._connection() as conn:
             for statement in _SQLITE_SCHEMA:
-                conn.execute(statement)
+                self._execute(conn, statement)
             self._purge(conn)
 
     @property
@@ -121,6 +141,8 @@ class SqliteStore:
             if str(mode).lower() != "wal":
                 raise StoreError(f"sqlite store {self._path}: WAL mode unavailable ({mode})")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # from here on a busy lock is reported at once and waited for by _execute
+            conn.execute("PRAGMA busy_timeout=0")
         except BaseException:
             conn.close()
             raise
@@ -167,6 +189,33 @@ class SqliteStore:
             except sqlite3.Error:
                 self._discard(conn)
 
+    def _execute(
+        self, conn: sqlite3.Connection, sql: str, params: Sequence[object] = ()
+    ) -> sqlite3.Cursor:
+        """``conn.execute``, waiting (as the class says) while another connection holds the
+        lock it needs. A statement refused as busy has done nothing, so it is simply run
+        again; inside a transaction, which already holds the write lock, it never is."""
+        try:
+            return conn.execute(sql, params)
+        except sqlite3.OperationalError as e:
+            if not _busy(e) or conn.in_transaction:
+                raise
+        started = time.monotonic()
+        deadline = started + self._busy_timeout
+        spin_until = started + _SQLITE_SPIN
+        wait = 0.0
+        while True:
+            if time.monotonic() < spin_until:
+                os.sched_yield()
+            else:
+                time.sleep(wait)
+                wait = min(_SQLITE_LONGEST_WAIT, wait * 2 or _SQLITE_FIRST_WAIT)
+            try:
+                return conn.execute(sql, params)
+            except sqlite3.OperationalError as e:
+                if not _busy(e) or conn.in_transaction or time.monotonic() >= deadline:
+                    raise
+
     def _discard(self, conn: sqlite3.Connection) -> None:
         with self._lock:
             if conn in self._connections:
@@ -177,13 +226,14 @@ class SqliteStore:
 
     def _purge(self, conn: sqlite3.Connection) -> None:
         now = time.time()
-        conn.execute("DELETE FROM broker_state WHERE expires_at <= ?", (now,))
-        conn.execute(
+        self._execute(conn, "DELETE FROM broker_state WHERE expires_at <= ?", (now,))
+        self._execute(
+            conn,
             "DELETE FROM broker_members WHERE key IN "
             "(SELECT key FROM broker_maps WHERE expires_at <= ?)",
             (now,),
         )
-        conn.execute("DELETE FROM broker_maps WHERE expires_at <= ?", (now,))
+        self._execute(conn, "DELETE FROM broker_maps WHERE expires_at <= ?", (now,))
 
     def _wrote(self, conn: sqlite3.Connection) -> None:
         if next(self._writes) % _SQLITE_PURGE_EVERY == 0:
@@ -191,7 +241,8 @@ class SqliteStore:
 
     def get(self, key: str) -> bytes | None:
         with self._connection() as conn:
-            row = conn.execute(
+            row = self._execute(
+                conn,
                 "SELECT value FROM broker_state WHERE key = ? AND expires_at > ?",
                 (key, time.time()),
             ).fetchone()
@@ -203,7 +254,8 @@ class SqliteStore:
         wanted = list(dict.fromkeys(keys))
         marks = ",".join("?" * len(wanted))
         with self._connection() as conn:
-            rows = conn.execute(
+            rows = self._execute(
+                conn,
                 f"SELECT key, value FROM broker_state WHERE key IN ({marks}) AND expires_at > ?",  # noqa: S608 (placeholders only)
                 (*wanted, time.time()),
             ).fetchall()
@@ -214,7 +266,7 @@ class SqliteStore:
         _check_value(value)
         _check_ttl(ttl)
         with self._connection() as conn:
-            conn.execute(_SQLITE_UPSERT, (key, value, time.time() + ttl))
+            self._execute(conn, _SQLITE_UPSERT, (key, value, time.time() + ttl))
             self._wrote(conn)
 
     def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
@@ -223,7 +275,7 @@ class SqliteStore:
         with self._connection() as conn:
             now = time.time()
             # fetchall: the statement (and its write lock) ends only when fully stepped.
-            written = conn.execute(_SQLITE_INSERT_IF_ABSENT, (key, value, now + ttl, now))
+            written = self._execute(conn, _SQLITE_INSERT_IF_ABSENT, (key, value, now + ttl, now))
             won = bool(written.fetchall())
             self._wrote(conn)
         return won
@@ -244,10 +296,10 @@ class SqliteStore:
         with self._connection() as conn:
             now = time.time()
             if expected is None:
-                cursor = conn.execute(_SQLITE_UPDATE_LIVE, (value, now + ttl, key, now))
+                cursor = self._execute(conn, _SQLITE_UPDATE_LIVE, (value, now + ttl, key, now))
             else:
-                cursor = conn.execute(
-                    _SQLITE_UPDATE_LIVE_SAME, (value, now + ttl, key, expected, now)
+                cursor = self._execute(
+                    conn, _SQLITE_UPDATE_LIVE_SAME, (value, now + ttl, key, expected, now)
                 )
             updated = cursor.rowcount
             self._wrote(conn)
@@ -255,8 +307,8 @@ class SqliteStore:
 
     def get_and_delete(self, key: str) -> bytes | None:
         with self._connection() as conn:
-            rows = conn.execute(
-                "DELETE FROM broker_state WHERE key = ? RETURNING value, expires_at", (key,)
+            rows = self._execute(
+                conn, "DELETE FROM broker_state WHERE key = ? RETURNING value, expires_at", (key,)
             ).fetchall()
         if not rows or rows[0][1] <= time.time():
             return None
@@ -264,11 +316,11 @@ class SqliteStore:
 
     def delete(self, key: str) -> None:
         with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("DELETE FROM broker_state WHERE key = ?", (key,))
-            conn.execute("DELETE FROM broker_maps WHERE key = ?", (key,))
-            conn.execute("DELETE FROM broker_members WHERE key = ?", (key,))
-            conn.execute("COMMIT")
+            self._execute(conn, "BEGIN IMMEDIATE")
+            self._execute(conn, "DELETE FROM broker_state WHERE key = ?", (key,))
+            self._execute(conn, "DELETE FROM broker_maps WHERE key = ?", (key,))
+            self._execute(conn, "DELETE FROM broker_members WHERE key = ?", (key,))
+            self._execute(conn, "COMMIT")
 
     def set_and_add_member(
         self,
@@ -282,18 +334,24 @@ class SqliteStore:
     ) -> None:
         check_member_write(value, ttl, member, member_value, map_ttl)
         with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            self._execute(conn, "BEGIN IMMEDIATE")
             now = time.time()
-            conn.execute(_SQLITE_UPSERT, (key, value, now + ttl))
-            conn.execute(_SQLITE_CLEAR_DEAD_MEMBERS, (map_key, map_key, now))
-            conn.execute(_SQLITE_UPSERT_MAP, (map_key, now + map_ttl))
-            conn.execute(_SQLITE_UPSERT_MEMBER, (map_key, member, member_value))
-            conn.execute("COMMIT")
+            self._execute(conn, _SQLITE_UPSERT, (key, value, now + ttl))
+            # A map that has expired (or was never written) starts again empty. Checked
+            # first: a DELETE conditioned on the map's expiry would visit every member of a
+            # live map (SQLite evaluates a subquery's condition per row), at each new session.
+            row = self._execute(conn, _SQLITE_MAP_EXPIRES_AT, (map_key,)).fetchone()
+            if row is None or row[0] <= now:
+                self._execute(conn, "DELETE FROM broker_members WHERE key = ?", (map_key,))
+            self._execute(conn, _SQLITE_UPSERT_MAP, (map_key, now + map_ttl))
+            self._execute(conn, _SQLITE_UPSERT_MEMBER, (map_key, member, member_value))
+            self._execute(conn, "COMMIT")
             self._wrote(conn)
 
     def members(self, map_key: str) -> dict[str, bytes]:
         with self._connection() as conn:
-            rows = conn.execute(
+            rows = self._execute(
+                conn,
                 "SELECT m.member, m.value FROM broker_members AS m "
                 "JOIN broker_maps AS p ON p.key = m.key "
                 "WHERE m.key = ? AND p.expires_at > ?",
@@ -307,33 +365,33 @@ class SqliteStore:
         if not members:
             return
         with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            self._execute(conn, "BEGIN IMMEDIATE")
             conn.executemany(
                 "DELETE FROM broker_members WHERE key = ? AND member = ?",
                 [(map_key, member) for member in members],
             )
-            conn.execute("COMMIT")
+            self._execute(conn, "COMMIT")
 
     def incr(self, key: str, ttl: float) -> int:
         _check_ttl(ttl)
         with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            self._execute(conn, "BEGIN IMMEDIATE")
             now = time.time()
-            row = conn.execute(
-                "SELECT value, expires_at FROM broker_state WHERE key = ?", (key,)
+            row = self._execute(
+                conn, "SELECT value, expires_at FROM broker_state WHERE key = ?", (key,)
             ).fetchone()
             if row is None or row[1] <= now:
                 count, expires_at = 1, now + ttl
             else:
                 count, expires_at = _counter_value(key, bytes(row[0])) + 1, row[1]
-            conn.execute(_SQLITE_UPSERT, (key, str(count).encode("ascii"), expires_at))
-            conn.execute("COMMIT")
+            self._execute(conn, _SQLITE_UPSERT, (key, str(count).encode("ascii"), expires_at))
+            self._execute(conn, "COMMIT")
             self._wrote(conn)
         return count
 
     def ping(self) -> None:
         with self._connection() as conn:
-            conn.execute("SELECT 1 FROM broker_state LIMIT 1").fetchall()
+            self._execute(conn, "SELECT 1 FROM broker_state LIMIT 1").fetchall()
 
     def close(self) -> None:
         with self._lock:
