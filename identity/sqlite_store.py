@@ -66,10 +66,10 @@ _SQLITE_UPSERT_MEMBER = (
 # Seconds a writer waits for the write lock held by another connection or process.
 SQLITE_BUSY_TIMEOUT = 5.0
 # How a writer waits for that lock: first it tries again after each os.sched_yield (the CPU
-# to the process holding the lock, which keeps it for about a quarter of a millisecond) for
+# to the process holding the lock, which keeps it for a quarter of a millisecond or so) for
 # up to _SQLITE_SPIN seconds, then after sleeps of _SQLITE_FIRST_WAIT doubling up to
 # _SQLITE_LONGEST_WAIT (under gevent, a yield to the worker's other requests for that long).
-_SQLITE_SPIN = 0.0005
+_SQLITE_SPIN = 0.001
 _SQLITE_FIRST_WAIT = 0.0001
 _SQLITE_LONGEST_WAIT = 0.002
 # Every this many writes, the writer also deletes all expired rows (indexed).
@@ -101,7 +101,7 @@ class SqliteStore:
     library, a millisecond at first while the other writer needs a quarter of that, and in
     a gevent worker a sleep inside a library stops every request the worker is serving.
     Here a writer that finds the lock taken first hands the CPU to the holder and tries
-    again, for half a millisecond; then it sleeps with ``time.sleep``, which gevent makes
+    again, for a millisecond; then it sleeps with ``time.sleep``, which gevent makes
     a yield to the worker's other requests. (Only yielding would keep the worker busy, but
     in a busy worker a yield lasts as long as every other ready request's turn: the few
     writers that must wait several times would wait far longer than the rest.)
