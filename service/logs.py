@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from identity.times import rfc3339
+
 if TYPE_CHECKING:
     from flask import Flask
 
@@ -138,16 +140,10 @@ class Redactor(logging.Filter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request id, extra fields."""
 
-    _second: int = -1
-    _second_text: str = ""
-
-    def _time(self, record: logging.LogRecord) -> str:
-        # Records come many to a second: the date and time are formatted once per second.
-        second = int(record.created)
-        if second != self._second:
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        return f"{self._second_text}.{int(record.msecs):03d}Z"
+    @staticmethod
+    def _time(record: logging.LogRecord) -> str:
+        # rfc3339 formats each second once; the milliseconds go before its "Z".
+        return f"{rfc3339(record.created)[:-1]}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {

@@ -40,3 +40,15 @@ def test_seconds_and_datetimes_agree_and_the_fraction_is_dropped(at: float) -> N
 def test_whole_seconds(at: int) -> None:
     assert rfc3339(at) == _by_datetime(at)
     assert rfc3339(at + 0.999) == _by_datetime(at)
+
+
+def test_a_log_line_carries_the_same_moment_with_milliseconds() -> None:
+    import json
+    import logging
+
+    from service.logs import JsonFormatter
+
+    record = logging.LogRecord("chime_broker.test", logging.INFO, "", 0, "hello", None, None)
+    record.created, record.msecs = 1_764_990_000.1239, 123.9
+    line = json.loads(JsonFormatter().format(record))
+    assert line["time"] == "2025-12-06T03:00:00.123Z"
