@@ -1,21 +1,31 @@
-"""gunicorn's gevent worker, with each response sent in one write where it fits.
+"""gunicorn's gevent worker, with each response sent in one write where it fits, and
+gunicorn's per-request lookups made once.
 
 gunicorn writes a response's status line and headers with one ``sendall`` and its body with
 another: two system calls, and on a TCP connection two segments, each waking the client.
 :class:`CoalescingSocket` holds the header block back and sends it with the body, or at
 the end of the request; :class:`BrokerGeventWorker` wraps each request's socket in one and
 then yields to the other connections.
+
+gunicorn also reads its settings through ``Config.__getattr__`` (a lookup and a
+validator's ``get``, about half a microsecond each) dozens of times per request, and
+formats the ``Date`` header with :func:`email.utils.formatdate` for every response. The
+worker reads each setting once (:class:`WorkerSettings`) and formats each second's date
+once (:func:`http_date`).
 """
 
 from __future__ import annotations
 
+import email.utils
 import socket
+import time
 from typing import Any
 
 import gevent
+import gunicorn.util
 from gunicorn.workers.ggevent import GeventWorker
 
-__all__ = ["HOLD_LIMIT", "BrokerGeventWorker", "CoalescingSocket"]
+__all__ = ["HOLD_LIMIT", "BrokerGeventWorker", "CoalescingSocket", "WorkerSettings", "http_date"]
 
 # Writes are held back while they total less than this; a larger write, and whatever is
 # held, goes out at once (a long or streamed body is not buffered).
@@ -78,9 +88,41 @@ class CoalescingSocket:
         return getattr(self._sock, name)
 
 
+class WorkerSettings:
+    """A worker's gunicorn config, each setting (or property, or method) looked up on the
+    config the first time it is asked for and kept.
+
+    A worker's settings do not change while it lives: gunicorn applies a reload by starting
+    new workers.
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        self._cfg = cfg
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._cfg, name)
+        setattr(self, name, value)
+        return value
+
+
+_last_date: tuple[int, str] = (-1, "")
+
+
+def http_date(timestamp: float | None = None) -> str:
+    """An HTTP ``Date`` value, as gunicorn's own ``http_date`` gives it (whole seconds,
+    GMT), formatted once per second."""
+    global _last_date
+    second = int(time.time() if timestamp is None else timestamp)
+    cached_second, text = _last_date
+    if second != cached_second:
+        text = email.utils.formatdate(second, localtime=False, usegmt=True)
+        _last_date = (second, text)
+    return text
+
+
 class BrokerGeventWorker(GeventWorker):  # type: ignore[misc]
     """The gevent worker: a response in one write where it fits, then a yield to the
-    other connections.
+    other connections; settings read once and the Date header formatted once a second.
 
     A request that does no network I/O (a credential-cache hit) never yields to the gevent
     hub, and gunicorn then reads the next request on the same keep-alive connection: one
@@ -88,6 +130,13 @@ class BrokerGeventWorker(GeventWorker):  # type: ignore[misc]
     response has gone out (yielding only every few requests saves a little CPU, but lets
     p99 latency grow several times).
     """
+
+    def init_process(self) -> None:
+        # gunicorn's classes are untyped: mypy cannot tell what ``cfg`` is
+        self.cfg = WorkerSettings(self.cfg)  # type: ignore[has-type]
+        # gunicorn's responses call gunicorn.util.http_date; this process is the worker's own
+        gunicorn.util.http_date = http_date
+        super().init_process()
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         out = CoalescingSocket(sock)

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import email.utils
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +134,13 @@ def test_serve_runs_gunicorn_gevent_workers_that_share_one_store(tmp_path: Path)
         base = f"http://127.0.0.1:{port}"
         assert wait_for(f"{base}/healthz", process).json() == {"status": "ok"}
         assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
-        providers = requests.get(f"{base}/v1/providers", timeout=5).json()
+        answer = requests.get(f"{base}/v1/providers", timeout=5)
+        providers = answer.json()
         assert providers[0]["login_url"] == "https://auth.example.chat/v1/login/okta"
+        # the worker's once-a-second Date header is the current time, in HTTP's format
+        sent = email.utils.parsedate_to_datetime(answer.headers["Date"])
+        assert answer.headers["Date"].endswith(" GMT")
+        assert abs(sent.timestamp() - time.time()) < 5
         for _ in range(20):
             requests.get(f"{base}/v1/providers", timeout=5)
         metrics = requests.get(f"{base}/metrics", timeout=5).text

@@ -1,17 +1,25 @@
-"""The coalescing socket of the gevent worker, on a real socket pair: a response's header
-block goes out with its body in one write, nothing is held past a read or the request's
-end, and a large write is never buffered."""
+"""The gevent worker's parts. The coalescing socket, on a real socket pair: a response's
+header block goes out with its body in one write, nothing is held past a read or the
+request's end, and a large write is never buffered. The settings read once, and the Date
+header formatted once a second, against gunicorn's own."""
 
 from __future__ import annotations
 
+import email.utils
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from gunicorn.config import Config
+from gunicorn.util import http_date as gunicorn_http_date
+from hypothesis import given
+from hypothesis import strategies as st
 
-from service.gevent_worker import HOLD_LIMIT, CoalescingSocket
+from service.gevent_worker import HOLD_LIMIT, CoalescingSocket, WorkerSettings, http_date
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
 
@@ -130,3 +138,41 @@ def test_everything_else_is_the_wrapped_sockets(
     out, _ = pair
     assert out.fileno() == out._sock.fileno()
     assert out.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM
+
+
+def test_the_worker_settings_are_the_configs_read_once() -> None:
+    cfg = Config()
+    cfg.set("keepalive", 7)
+    reads: list[str] = []
+
+    class CountingConfig:
+        def __getattr__(self, name: str) -> Any:
+            reads.append(name)
+            return getattr(cfg, name)
+
+    settings = WorkerSettings(CountingConfig())
+    for name in cfg.settings:
+        assert getattr(settings, name) == getattr(cfg, name), name
+    assert settings.keepalive == 7
+    assert settings.is_ssl is cfg.is_ssl
+    assert settings.forwarded_allow_networks() == cfg.forwarded_allow_networks()
+    looked_up = len(reads)
+    for name in cfg.settings:
+        getattr(settings, name)
+    settings.forwarded_allow_networks()
+    assert len(reads) == looked_up
+    with pytest.raises(AttributeError):
+        _ = settings.no_such_setting
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800), st.floats(0, 0.999))
+def test_the_date_header_is_gunicorns_to_the_second(second: int, fraction: float) -> None:
+    assert http_date(second + fraction) == gunicorn_http_date(second)
+    assert http_date(second) == email.utils.formatdate(second, usegmt=True)
+
+
+def test_the_date_header_follows_the_clock() -> None:
+    before = email.utils.parsedate_to_datetime(http_date()).timestamp()
+    assert abs(before - time.time()) <= 1
+    assert http_date(86_400) == "Fri, 02 Jan 1970 00:00:00 GMT"
+    assert http_date(86_401) == "Fri, 02 Jan 1970 00:00:01 GMT"
