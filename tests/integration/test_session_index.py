@@ -49,8 +49,11 @@ def config_dict(aws: Any, idp: Any, store_url: str) -> dict[str, Any]:
     )
 
 
-def session_of(user: str, *, issuer: str = "https://idp.example", ago: float = 0) -> SessionRecord:
-    now = time.time() - ago
+def session_of(
+    user: str, *, issuer: str = "https://idp.example", ago: float = 0, now: float | None = None
+) -> SessionRecord:
+    """A session of ``user`` created ``ago`` seconds before ``now`` (the clock's time)."""
+    now = (time.time() if now is None else now) - ago
     return SessionRecord(
         provider="corp",
         user_id=f"corp-{user}",
@@ -86,9 +89,12 @@ def map_key(sealer: Sealer, user_id: str, at: float) -> str:
     return f"session-index:{user_hash}:{math.floor(at / LIFETIME)}"
 
 
-def listed_in_maps(store: Store, sealer: Sealer, user_id: str) -> set[str]:
-    """The members of the user's maps for this period and the one before."""
-    now = time.time()
+def listed_in_maps(
+    store: Store, sealer: Sealer, user_id: str, now: float | None = None
+) -> set[str]:
+    """The members of the user's maps for the period holding ``now`` (the clock's time) and
+    the one before."""
+    now = time.time() if now is None else now
     keys = {map_key(sealer, user_id, now), map_key(sealer, user_id, now - LIFETIME)}
     return {member for key in keys for member in store.members(key)}
 
@@ -159,19 +165,21 @@ def test_sessions_list_shows_new_and_older_brokers_sessions(
 def test_an_expired_entry_is_not_listed_and_leaves_the_index(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'index.db'}")
     sealer = Sealer(SECRET_KEY)
+    # The middle of a period of session_lifetime: a minute later is in the same period, so
+    # reading visits the map of the period before, which lists the expired session.
+    now = (math.floor(time.time() / LIFETIME) + 0.5) * LIFETIME
     try:
-        manager = SessionManager(store, sealer, session_lifetime=LIFETIME)
-        stale = manager.create(session_of("ivy", ago=LIFETIME - 30))
-        fresh = manager.create(session_of("ivy"))
-        assert listed_in_maps(store, sealer, "corp-ivy") == {token_hash(stale), token_hash(fresh)}
+        manager = SessionManager(store, sealer, session_lifetime=LIFETIME, clock=lambda: now)
+        stale = manager.create(session_of("ivy", ago=LIFETIME - 30, now=now))
+        fresh = manager.create(session_of("ivy", now=now))
+        listed = listed_in_maps(store, sealer, "corp-ivy", now)
+        assert listed == {token_hash(stale), token_hash(fresh)}
 
         # A minute later the first session has expired (the store keeps its record and
         # the map a little longer): it is not listed, and reading drops its entry.
-        later = SessionManager(
-            store, sealer, session_lifetime=LIFETIME, clock=lambda: time.time() + 60
-        )
+        later = SessionManager(store, sealer, session_lifetime=LIFETIME, clock=lambda: now + 60)
         assert [s.session_hash for s in later.index.live("corp", "corp-ivy")] == [token_hash(fresh)]
-        assert listed_in_maps(store, sealer, "corp-ivy") == {token_hash(fresh)}
+        assert listed_in_maps(store, sealer, "corp-ivy", now + 60) == {token_hash(fresh)}
     finally:
         store.close()
 
