@@ -8,7 +8,8 @@ after 25 ms) it starts two ``chime-broker serve`` servers and the naive baseline
 rows). It shows each of them every user once, drives each with `bench.load` for a bounded
 time, and counts the AWS calls each made and the CPU its workers used. Everything binds
 loopback ports and is stopped at the end; the markdown table goes to stdout and to
-``bench/results/latest.md``, a ``--profile`` beside it.
+``bench/results/latest.md``, a ``--profile`` beside it; a run that fails leaves the
+servers' whole logs beside it too (``failed-run-logs/``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +45,8 @@ from bench.profiling import CPROFILE, PY_SPY, choose_profiler, cprofile_pass, py
 from bench.report import Row, RowSpec, Setting, render
 
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "latest.md"
+# Where, beside the report, a run that fails leaves every server's whole log.
+FAILED_RUN_LOGS = "failed-run-logs"
 CLIENT_ID = "bench-app"
 APP_INSTANCE_ARN = f"arn:aws:chime:{REGION}:123456789012:app-instance/bench"
 FAKE_POOL_ID = f"{REGION}:00000000-0000-4000-8000-00000000be9c"
@@ -606,13 +610,29 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+def keep_logs(work: Path, into: Path) -> Path:
+    """Copy every process's log of a run (``work/*.log``) into ``into``, emptied first: a
+    failed run's cause is often far above the tail printed with the error."""
+    if into.exists():
+        shutil.rmtree(into)
+    into.mkdir(parents=True)
+    for log in sorted(work.glob("*.log")):
+        shutil.copyfile(log, into / log.name)
+    return into
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     load_before = os.getloadavg()[0]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="chime-bench-") as tmp:
-        rows, profiles, profiling = _run(options, Path(tmp))
+        try:
+            rows, profiles, profiling = _run(options, Path(tmp))
+        except Exception:
+            kept = keep_logs(Path(tmp), options.output.parent / FAILED_RUN_LOGS)
+            print(f"the servers' whole logs are in {kept}", file=sys.stderr)
+            raise
     setting = Setting(
         workers=options.workers,
         worker_class=options.worker_class,

@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -19,6 +21,7 @@ import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from bench import run as bench_run
 from bench.cpu import ServerCpu
 from bench.processes import REPO, aws_env
 from bench.run import parse_args
@@ -265,3 +268,32 @@ def test_without_py_spy_the_profile_is_cprofile_output_of_the_server_workers(
     # the naive handler's per-request work, seen inside the worker
     assert re.search(r"baseline\.py:\d+\(vend\)", summary), summary[:2000]
     assert (results / "profile-instant-token-sts-naive.prof").stat().st_size > 0
+
+
+def test_a_failed_run_leaves_every_servers_whole_log_beside_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cause of a server's failure (a worker's traceback at start-up, say) is often far
+    above the last lines printed with the error: the whole logs are kept."""
+
+    def failing_run(options: Any, work: Path) -> Any:
+        (work / "broker-25ms.log").write_text("Traceback: the worker's first words\n" * 500)
+        (work / "naive-25ms.log").write_text("naive\n")
+        raise RuntimeError("broker-25ms exited (3)")
+
+    output = tmp_path / "results" / "latest.md"
+    stale = output.parent / bench_run.FAILED_RUN_LOGS / "from-an-older-run.log"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("old\n")
+    monkeypatch.setattr(bench_run, "_run", failing_run)
+    sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own handler
+    try:
+        with pytest.raises(RuntimeError, match="exited"):
+            bench_run.main(["--upstreams=instant", f"--output={output}"])
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    kept = output.parent / bench_run.FAILED_RUN_LOGS
+    assert sorted(p.name for p in kept.iterdir()) == ["broker-25ms.log", "naive-25ms.log"]
+    assert (kept / "broker-25ms.log").read_text().count("the worker's first words") == 500
+    assert str(kept) in capsys.readouterr().err
+    assert not output.exists()
