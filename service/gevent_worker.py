@@ -19,6 +19,7 @@ from __future__ import annotations
 import email.utils
 import socket
 import time
+from functools import lru_cache
 from typing import Any
 
 import gevent
@@ -105,19 +106,15 @@ class WorkerSettings:
         return value
 
 
-_last_date: tuple[int, str] = (-1, "")
+@lru_cache(maxsize=2)
+def _http_date_of(second: int) -> str:
+    return email.utils.formatdate(second, localtime=False, usegmt=True)
 
 
 def http_date(timestamp: float | None = None) -> str:
     """An HTTP ``Date`` value, as gunicorn's own ``http_date`` gives it (whole seconds,
     GMT), formatted once per second."""
-    global _last_date
-    second = int(time.time() if timestamp is None else timestamp)
-    cached_second, text = _last_date
-    if second != cached_second:
-        text = email.utils.formatdate(second, localtime=False, usegmt=True)
-        _last_date = (second, text)
-    return text
+    return _http_date_of(int(time.time() if timestamp is None else timestamp))
 
 
 class BrokerGeventWorker(GeventWorker):  # type: ignore[misc]
