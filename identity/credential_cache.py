@@ -37,6 +37,8 @@ MIN_REMAINING = 15 * 60
 # session's whole life end a little after the session: up to this much is taken as in time.
 SESSION_END_LEEWAY = 60
 _PREFIX = "creds:"
+# built once: json.dumps with options builds a new encoder at every call
+_TAGS: Final = json.JSONEncoder(separators=(",", ":"))
 
 
 class CachedCredentials(StoredRecord):
@@ -73,7 +75,7 @@ class CredentialCache:
     def binding(self, tags: Mapping[str, str], identity: Sequence[str] = ()) -> str:
         """What an entry must have been vended for to serve a request with ``tags`` (and,
         in ``cognito`` mode, the login that picks the identity)."""
-        tag_text = json.dumps(sorted(tags.items()), separators=(",", ":"))
+        tag_text = _TAGS.encode(sorted(tags.items()))
         return self._sealer.key_hash(tag_text, *identity)
 
     def get(

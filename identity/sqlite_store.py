@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from identity.errors import StoreError
 from identity.store_values import check_member as _check_member
@@ -21,11 +22,16 @@ from identity.store_values import counter_value as _counter_value
 __all__ = ["SQLITE_BUSY_TIMEOUT", "SqliteStore"]
 
 _SQLITE_SCHEMA = (
+    # A rowid table: its rows (sealed sessions of a kilobyte or so) are appended at its end
+    # and their keys filed in a small index, where a table keyed by those random hashes
+    # would put each new row in a random page of large rows and split one, dirtying more
+    # pages for the WAL at every new session (SQLite advises WITHOUT ROWID for rows under
+    # a twentieth of a page). A store made before keeps its table, which works the same.
     """CREATE TABLE IF NOT EXISTS broker_state (
-        key TEXT PRIMARY KEY,
+        key TEXT NOT NULL PRIMARY KEY,
         value BLOB NOT NULL,
         expires_at REAL NOT NULL
-    ) WITHOUT ROWID""",
+    )""",
     "CREATE INDEX IF NOT EXISTS broker_state_expires_at ON broker_state (expires_at)",
     # A member map: its expiry in broker_maps, its members in broker_members.
     """CREATE TABLE IF NOT EXISTS broker_maps (
@@ -173,21 +179,41 @@ class SqliteStore:
                 self._connections.remove(conn)
         conn.close()
 
+    def _take(self) -> sqlite3.Connection:
+        try:
+            return self._checkout()
+        except (sqlite3.Error, OSError) as e:
+            raise self._error(e) from e
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        try:
+            self._checkin(conn)
+        except sqlite3.Error:
+            self._discard(conn)
+
+    def _error(self, error: Exception) -> StoreError:
+        return StoreError(f"sqlite store {self._path}: {error}")
+
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        try:
-            conn = self._checkout()
-        except (sqlite3.Error, OSError) as e:
-            raise StoreError(f"sqlite store {self._path}: {e}") from e
+        conn = self._take()
         try:
             yield conn
         except sqlite3.Error as e:
-            raise StoreError(f"sqlite store {self._path}: {e}") from e
+            raise self._error(e) from e
         finally:
-            try:
-                self._checkin(conn)
-            except sqlite3.Error:
-                self._discard(conn)
+            self._give_back(conn)
+
+    def _read(self, sql: str, params: Sequence[object]) -> list[Any]:
+        """The rows of one query, as ``_connection`` would run it but without its generator
+        (reads are most of the store's calls: a refresh makes two)."""
+        conn = self._take()
+        try:
+            return self._execute(conn, sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+        finally:
+            self._give_back(conn)
 
     def _execute(
         self, conn: sqlite3.Connection, sql: str, params: Sequence[object] = ()
@@ -240,25 +266,20 @@ class SqliteStore:
             self._purge(conn)
 
     def get(self, key: str) -> bytes | None:
-        with self._connection() as conn:
-            row = self._execute(
-                conn,
-                "SELECT value FROM broker_state WHERE key = ? AND expires_at > ?",
-                (key, time.time()),
-            ).fetchone()
-        return None if row is None else bytes(row[0])
+        rows = self._read(
+            "SELECT value FROM broker_state WHERE key = ? AND expires_at > ?", (key, time.time())
+        )
+        return bytes(rows[0][0]) if rows else None
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
         wanted = list(dict.fromkeys(keys))
         marks = ",".join("?" * len(wanted))
-        with self._connection() as conn:
-            rows = self._execute(
-                conn,
-                f"SELECT key, value FROM broker_state WHERE key IN ({marks}) AND expires_at > ?",  # noqa: S608 (placeholders only)
-                (*wanted, time.time()),
-            ).fetchall()
+        rows = self._read(
+            f"SELECT key, value FROM broker_state WHERE key IN ({marks}) AND expires_at > ?",  # noqa: S608 (placeholders only)
+            (*wanted, time.time()),
+        )
         found = {key: bytes(value) for key, value in rows}
         return [found.get(key) for key in keys]
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Request, Response
+from flask.json.provider import DefaultJSONProvider
 from flask.sessions import SessionInterface, SessionMixin
 
 from identity.aws import AwsClients
@@ -51,8 +53,41 @@ def worker_concurrency() -> int:
         return 32
 
 
+_COMPACT: dict[str, Any] = {"separators": (",", ":")}
+
+
+class BrokerJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, with the encoder of its compact responses built once.
+
+    ``json.dumps`` builds a new ``JSONEncoder`` at every call that passes an option, as
+    Flask's ``dumps`` always does; here the encoder for the options ``response`` passes
+    out of debug mode is kept, and built again only if the provider's own options change.
+    Any other call is Flask's.
+    """
+
+    _encoder: json.JSONEncoder | None = None
+    _encoder_options: tuple[object, ...] = ()
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        if kwargs != _COMPACT:
+            return super().dumps(obj, **kwargs)
+        options = (self.default, self.ensure_ascii, self.sort_keys)
+        encoder = self._encoder
+        if encoder is None or options != self._encoder_options:
+            encoder = json.JSONEncoder(
+                default=self.default,
+                ensure_ascii=self.ensure_ascii,
+                sort_keys=self.sort_keys,
+                separators=_COMPACT["separators"],
+            )
+            self._encoder, self._encoder_options = encoder, options
+        return encoder.encode(obj)
+
+
 class BrokerFlask(Flask):
     """Flask, for an app whose views and hooks are all synchronous."""
+
+    json_provider_class = BrokerJSONProvider
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         # Flask would ask of every hook, on every request, whether it is a coroutine.

@@ -140,6 +140,9 @@ class Redactor(logging.Filter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request id, extra fields."""
 
+    # built once: json.dumps with options builds a new encoder at every call
+    _encoder = json.JSONEncoder(default=str, separators=(",", ":"))
+
     @staticmethod
     def _time(record: logging.LogRecord) -> str:
         # rfc3339 formats each second once; the milliseconds go before its "Z".
@@ -160,7 +163,7 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_text:
             entry["exception"] = record.exc_text
-        return json.dumps(entry, default=str, separators=(",", ":"))
+        return self._encoder.encode(entry)
 
 
 _REDACTOR = Redactor()
