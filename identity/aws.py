@@ -17,12 +17,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast, get_args
 
 import boto3
+import botocore.session
 from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import ConnectionClosedError, ConnectionError, ReadTimeoutError
+from botocore.utils import parse_timestamp
 
 from identity import telemetry
 from identity.config.document import BrokerConfig
@@ -145,6 +148,29 @@ class CallPolicy:
         return fields
 
 
+def parse_aws_timestamp(value: Any) -> datetime:
+    """The timestamp parser of the broker's clients. AWS writes a timestamp as epoch
+    seconds (JSON protocols: Cognito's ``Expiration``) or as ISO 8601 with an offset (query
+    protocols: STS's); those become aware UTC datetimes here, by the standard library.
+    Anything else goes to botocore's own parser, which reads every timestamp through
+    dateutil: 10 µs for epoch seconds and 33 µs for ISO 8601 on the benchmark's machine,
+    against under one. (The AWS CLI replaces the parser the same way.)"""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            pass
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
+    found: datetime = parse_timestamp(value)
+    return found
+
+
 def _operation_name(event_name: str) -> str:
     """``AssumeRole`` of ``after-call-error.sts.AssumeRole``."""
     return event_name.rsplit(".", 1)[-1] or "unknown"
@@ -165,7 +191,11 @@ class AwsClients:
             user_agent_extra="chime-identity-broker",
         )
         self.policy = CallPolicy(config.aws.timeouts)
-        self._session = boto3.session.Session(region_name=config.aws.region)
+        core = botocore.session.get_session()
+        core.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=parse_aws_timestamp
+        )
+        self._session = boto3.session.Session(botocore_session=core, region_name=config.aws.region)
         self._clients: dict[Service, BaseClient] = {}
         self._lock = threading.Lock()
 

@@ -440,6 +440,25 @@ def test_assume_role_with_session_tags_and_duration(
     assert sts_tags(call) == {USER_TAG: "corp-ada", "department": "Research"}
 
 
+def test_the_clients_read_the_expiry_aws_writes_as_utc(aws: AwsWorld, clients: AwsClients) -> None:
+    # STS writes ISO 8601 in XML, Cognito epoch seconds in JSON; botocore's own parser would
+    # hand back dateutil's time zones
+    before = datetime.now(UTC)
+    assumed = clients.sts.assume_role(RoleArn=aws.user_role_arn, RoleSessionName="expiry")
+    sts_expiry = assumed["Credentials"]["Expiration"]
+    identity = clients.cognito_identity.get_id(
+        IdentityPoolId=aws.identity_pool_id, Logins={GOOGLE: "google-id-token-9"}
+    )
+    got = clients.cognito_identity.get_credentials_for_identity(
+        IdentityId=identity["IdentityId"], Logins={GOOGLE: "google-id-token-9"}
+    )
+    cognito_expiry = got["Credentials"]["Expiration"]
+    assert sts_expiry.tzinfo is UTC
+    assert cognito_expiry.tzinfo is UTC
+    assert before < sts_expiry <= before + timedelta(hours=1, seconds=5)
+    assert before < cognito_expiry <= before + timedelta(hours=1, seconds=5)
+
+
 def test_provider_role_arn_wins_over_the_default(
     aws: AwsWorld, config: BrokerConfig, vendors: dict[str, Vendor]
 ) -> None:
