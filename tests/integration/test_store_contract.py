@@ -2,7 +2,7 @@
 a DynamoDB table in the moto server.
 
 Races run 16 threads in one process and, for the backends shared between processes
-(SQLite, Redis, DynamoDB), several spawned processes that each open the store from its URL.
+(SQLite, Redis, DynamoDB), several new processes that each open the store from its URL.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
 
@@ -485,11 +486,40 @@ def test_adds_of_different_members_racing_on_one_map_all_land(store: Store) -> N
 
 
 # --------------------------------------------------------------------------- process races
-# Workers run in spawned processes: each opens the store from the URL itself.
+# Workers are new processes that each open the store from the URL themselves. They come
+# from a fork server that has imported the stores once (a spawned interpreter would import
+# them, boto3 and this module afresh for every worker); as the server keeps the
+# environment it started with, each worker is given the SDK's variables of the moment.
+_SDK_PREFIX = "AWS_"
+_PRELOAD = ["identity.store", "identity.sqlite_store", "identity.redis_store"]
+_PRELOAD += ["identity.dynamodb_store", __name__]
 
 
-def _worker(operation: str, url: str, key: str, index: int, start: Any, results: Any) -> None:
+@pytest.fixture(scope="module")
+def racers() -> Iterator[Any]:
+    """The fork server's context, its server stopped when the module's races are done."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
     try:
+        yield context
+    finally:
+        # the stop CPython's own tests use; the server would otherwise end with pytest
+        forkserver._forkserver._stop()  # type: ignore[attr-defined]
+
+
+def _worker(
+    operation: str,
+    url: str,
+    key: str,
+    index: int,
+    start: Any,
+    results: Any,
+    sdk_environment: dict[str, str],
+) -> None:
+    try:
+        for name in [n for n in os.environ if n.startswith(_SDK_PREFIX)]:
+            del os.environ[name]
+        os.environ.update(sdk_environment)
         store = open_store(url)
         try:
             start.wait(timeout=30)
@@ -506,14 +536,14 @@ def _worker(operation: str, url: str, key: str, index: int, start: Any, results:
         results.put((index, e))
 
 
-def race_processes(operation: str, url: str, key: str) -> list[Any]:
-    """Run one operation in PROCESSES spawned processes released together; their outcomes
-    in order. Fresh processes per race: one that hangs or dies cannot spoil the next."""
-    ctx = multiprocessing.get_context("spawn")
+def race_processes(ctx: Any, operation: str, url: str, key: str) -> list[Any]:
+    """Run one operation in PROCESSES new processes released together; their outcomes in
+    order. Fresh processes per race: one that hangs or dies cannot spoil the next."""
     start = ctx.Barrier(PROCESSES)
     results = ctx.Queue()
+    sdk = {name: value for name, value in os.environ.items() if name.startswith(_SDK_PREFIX)}
     processes = [
-        ctx.Process(target=_worker, args=(operation, url, key, i, start, results))
+        ctx.Process(target=_worker, args=(operation, url, key, i, start, results, sdk))
         for i in range(PROCESSES)
     ]
     for process in processes:
@@ -538,8 +568,10 @@ def race_processes(operation: str, url: str, key: str) -> list[Any]:
 
 
 @pytest.mark.slow
-def test_set_if_absent_race_between_processes_has_one_winner(shared_store_url: str) -> None:
-    won = race_processes("set_if_absent", shared_store_url, "claim")
+def test_set_if_absent_race_between_processes_has_one_winner(
+    racers: Any, shared_store_url: str
+) -> None:
+    won = race_processes(racers, "set_if_absent", shared_store_url, "claim")
     assert won.count(True) == 1
     store = open_store(shared_store_url)
     try:
@@ -549,11 +581,13 @@ def test_set_if_absent_race_between_processes_has_one_winner(shared_store_url: s
 
 
 @pytest.mark.slow
-def test_get_and_delete_race_between_processes_has_one_taker(shared_store_url: str) -> None:
+def test_get_and_delete_race_between_processes_has_one_taker(
+    racers: Any, shared_store_url: str
+) -> None:
     store = open_store(shared_store_url)
     try:
         store.set("once", b"the-value", 30)
-        taken = race_processes("get_and_delete", shared_store_url, "once")
+        taken = race_processes(racers, "get_and_delete", shared_store_url, "once")
         assert taken.count(b"the-value") == 1
         assert taken.count(None) == PROCESSES - 1
         assert store.get("once") is None
@@ -562,8 +596,8 @@ def test_get_and_delete_race_between_processes_has_one_taker(shared_store_url: s
 
 
 @pytest.mark.slow
-def test_incr_from_many_processes_counts_exactly(shared_store_url: str) -> None:
-    counts = race_processes("incr", shared_store_url, "total")
+def test_incr_from_many_processes_counts_exactly(racers: Any, shared_store_url: str) -> None:
+    counts = race_processes(racers, "incr", shared_store_url, "total")
     seen = sorted(n for process_counts in counts for n in process_counts)
     assert seen == list(range(1, PROCESSES * PROCESS_INCREMENTS + 1))
 
