@@ -491,8 +491,13 @@ def test_adds_of_different_members_racing_on_one_map_all_land(store: Store) -> N
 # them, boto3 and this module afresh for every worker); as the server keeps the
 # environment it started with, each worker is given the SDK's variables of the moment.
 _SDK_PREFIX = "AWS_"
-_PRELOAD = ["identity.store", "identity.sqlite_store", "identity.redis_store"]
-_PRELOAD += ["identity.dynamodb_store", __name__]
+_PRELOAD = [
+    "identity.store",
+    "identity.sqlite_store",
+    "identity.redis_store",
+    "identity.dynamodb_store",
+    __name__,
+]
 
 
 @pytest.fixture(scope="module")
